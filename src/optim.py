@@ -1,0 +1,75 @@
+"""Parameter groups (discriminative LRs, no decay on biases and norms) and LR schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from src.errors import ConfigError
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def split_decay(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decay, no_decay): biases and norm weights (1-D tensors) get no weight decay."""
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return decay, no_decay
+
+
+def group_param_groups(
+    name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Optimizer param groups for one layer group (named for the LR monitor)."""
+    decay, no_decay = split_decay(params)
+    groups = []
+    if decay:
+        groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return groups
+
+
+def group_lr(lr: float, lr_decay: float, depth_from_top: int) -> float:
+    """Discriminative LR: the head has depth 0, the top backbone group 1, and so on."""
+    return lr * lr_decay**depth_from_top
+
+
+def discriminative_param_groups(
+    network: Any, lr: float, lr_decay: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """One param group (x decay/no-decay) per layer group, trainable parameters only."""
+    groups = group_param_groups("head", network.head_parameters(), lr, weight_decay)
+    layer_groups = network.layer_groups()
+    for depth, (name, modules) in enumerate(reversed(layer_groups), start=1):
+        params = [p for m in modules for p in m.parameters()]
+        groups += group_param_groups(name, params, group_lr(lr, lr_decay, depth), weight_decay)
+    return groups
+
+
+def warmup_steps(warmup: float, total_steps: int) -> int:
+    """`warmup` < 1 is a fraction of all steps; >= 1 a number of steps."""
+    if warmup < 0:
+        raise ConfigError(f"scheduler.warmup={warmup} must be >= 0 (a fraction < 1, or steps)")
+    return int(math.ceil(warmup * total_steps)) if warmup < 1 else int(warmup)
+
+
+def build_scheduler(name: str, optimizer: Optimizer, warmup: float, total_steps: int) -> LambdaLR:
+    """Per-step schedules: transformers' warmup schedules, by name."""
+    from transformers import get_scheduler
+
+    n_warmup = warmup_steps(warmup, total_steps)
+    if name == "constant":
+        return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=n_warmup)
+    if name in ("linear", "cosine"):
+        return get_scheduler(
+            name, optimizer, num_warmup_steps=n_warmup, num_training_steps=total_steps
+        )
+    raise ConfigError(f"scheduler.name={name!r}; valid: {', '.join(SCHEDULES)}")

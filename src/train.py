@@ -1,0 +1,131 @@
+"""`python -m src.train [overrides]`: fine-tune a pretrained classifier, test its best checkpoint.
+
+Flow: check config -> data -> network -> Trainer.fit -> Trainer.test(best) -> metrics.json.
+Returns the monitored metric (what a sweep optimizes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
+from src.checks import check_train_config
+from src.errors import ConfigError, exit_on_user_error
+from src.models.classifier import Classifier
+from src.models.networks import build_network, build_processor
+from src.run import (
+    TEST_KEYS,
+    VAL_KEYS,
+    BestValMetrics,
+    checkpoint_callback,
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_final_results,
+    print_summary,
+    resolve_precision,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_data_and_module(cfg: DictConfig, pretrained_weights: bool = True):
+    """The data module (set up, so its labels are known) and the LightningModule for `cfg`."""
+    processor = build_processor(cfg.model)
+    datamodule = instantiate(cfg.data, processor=processor, _recursive_=False)
+    datamodule.setup("fit")
+    network = build_network(cfg.model, datamodule.label_names, pretrained_weights)
+    module = Classifier(
+        network=network,
+        label_names=datamodule.label_names,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
+        lr_decay=float(cfg.finetune.get("lr_decay", 1.0)) if cfg.get("finetune") else 1.0,
+        label_smoothing=float(cfg.loss.label_smoothing),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    return datamodule, module
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision"), trainer_cfg.get("accelerator", "auto"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + (extra_callbacks or [])
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=instantiate_loggers(cfg.get("logger")))
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last` means this run dir's checkpoints/last.ckpt."""
+    path = cfg.get("ckpt_path")
+    if path in (None, ""):
+        return None
+    if path == "last":
+        path = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file ({path})")
+    return path
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test; write metrics.json into the run dir; return the metrics."""
+    started = time.time()
+    check_train_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build_data_and_module(cfg)
+
+    best_val = BestValMetrics(cfg.monitor, cfg.mode)
+    trainer = build_trainer(cfg, extra_callbacks=[best_val])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    checkpoint = checkpoint_callback(trainer)
+    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    test_metrics: dict[str, float] = {}
+    if cfg.get("test"):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    metrics: dict[str, Any] = {k: best_val.best.get(k) for k in VAL_KEYS}
+    metrics.update({k: test_metrics.get(k) for k in TEST_KEYS})
+    metrics.update(
+        {
+            "train/loss": _float_or_none(trainer.callback_metrics.get("train/loss")),
+            "monitor": cfg.monitor,
+            "monitor_value": best_val.best.get(cfg.monitor),
+            "best_epoch": best_val.best.get("epoch"),
+            "best_ckpt_path": best_path,
+            "last_ckpt_path": checkpoint.last_model_path if checkpoint else None,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "precision": str(trainer.precision),
+            "wall_time_s": round(time.time() - started, 1),
+        }
+    )
+    if trainer.is_global_zero:
+        write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        confusion = getattr(module, "confusion_matrix", None)
+        log_final_results(trainer.loggers, cfg, metrics, confusion, datamodule.label_names)
+        print_summary(metrics)
+    return metrics
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with exit_on_user_error():
+        return train(cfg)["monitor_value"]
+
+
+if __name__ == "__main__":
+    main()
