@@ -86,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, extra_callbacks=[best_val])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    last_train_loss = _float_or_none(trainer.callback_metrics.get("train/loss"))
     checkpoint = checkpoint_callback(trainer)
     best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     test_metrics: dict[str, float] = {}
@@ -97,12 +98,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.update({k: test_metrics.get(k) for k in TEST_KEYS})
     metrics.update(
         {
-            "train/loss": _float_or_none(trainer.callback_metrics.get("train/loss")),
+            "train/loss": last_train_loss,
             "monitor": cfg.monitor,
             "monitor_value": best_val.best.get(cfg.monitor),
             "best_epoch": best_val.best.get("epoch"),
             "best_ckpt_path": best_path,
-            "last_ckpt_path": checkpoint.last_model_path if checkpoint else None,
+            "last_ckpt_path": _existing(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "precision": str(trainer.precision),
@@ -115,6 +116,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_final_results(trainer.loggers, cfg, metrics, confusion, datamodule.label_names)
         print_summary(metrics)
     return metrics
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 def _float_or_none(value: Any) -> float | None:

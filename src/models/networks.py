@@ -277,9 +277,12 @@ def image_preprocessing(model_cfg: DictConfig) -> ImagePreprocessing:
     weights = model_cfg.get("weights")
     name = weights if weights and not Path(str(weights)).expanduser().is_file() else "DEFAULT"
     preset = _torchvision_weights_enum(model_cfg.arch, str(name)).transforms()
+    crop, resize = int(preset.crop_size[0]), int(preset.resize_size[0])
+    if model_cfg.get("image_size"):  # another input size, same crop ratio (e.g. 224 of 256)
+        crop, resize = int(model_cfg.image_size), round(int(model_cfg.image_size) * resize / crop)
     return ImagePreprocessing(
-        resize_size=int(preset.resize_size[0]),
-        crop_size=int(preset.crop_size[0]),
+        resize_size=resize,
+        crop_size=crop,
         mean=tuple(preset.mean),
         std=tuple(preset.std),
     )

@@ -1,0 +1,126 @@
+"""Data modules: loading, label checks, validation carving, the tokenization cache, images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.data.image import ImageDataModule
+from src.data.text import TextDataModule
+from src.errors import DataError
+from src.models.networks import ImagePreprocessing, build_processor
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert):
+    return build_processor(OmegaConf.create({"family": "hf", "pretrained": str(tiny_bert)}))
+
+
+def text_dm(tokenizer, tmp_path, **kw) -> TextDataModule:
+    args = {"cache_dir": str(tmp_path / "cache"), "val_fraction": 0.25, "batch_size": 8, **kw}
+    return TextDataModule(tokenizer, **args)
+
+
+def test_text_splits_labels_and_dynamic_padding(tokenizer, tiny_text_data, tmp_path) -> None:
+    dm = text_dm(tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"),
+                 test_file=str(tiny_text_data / "test.csv"))
+    dm.setup("fit")
+    assert dm.label_names == ["0", "1"]
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 120, "val": 40, "test": 40}
+    # stratified: the carved validation split keeps the 50/50 balance
+    assert sum(dm.splits["val"]["labels"]) == 20
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+    longest = max(dm.splits["train"]["length"])
+    assert batch["input_ids"].shape[1] <= longest  # padded per batch, not to max_length
+
+
+def test_tokenization_is_cached_on_disk(tokenizer, tiny_text_data, tmp_path, monkeypatch) -> None:
+    files = {"train_file": str(tiny_text_data / "train.csv"), "test_file": str(tiny_text_data / "test.csv")}
+    first = text_dm(tokenizer, tmp_path, **files)
+    first.setup()
+    calls = []
+    original = TextDataModule._tokenize
+    monkeypatch.setattr(TextDataModule, "_tokenize", lambda self, ds: calls.append(1) or original(self, ds))
+    second = text_dm(tokenizer, tmp_path, **files)
+    second.setup()
+    assert calls == [] and second.label_names == first.label_names
+    assert second.splits["train"]["input_ids"] == first.splits["train"]["input_ids"]
+    # another max_length is another cache entry
+    third = text_dm(tokenizer, tmp_path, max_length=4, **files)
+    third.setup()
+    assert calls
+
+
+def test_sst2_style_tsv_reads_bare_quotes(tokenizer, tmp_path) -> None:
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text('sentence\tlabel\nit \'s a "great" film\t1\n" dull\t0\na good one\t1\nbad bad\t0\n')
+    dm = text_dm(tokenizer, tmp_path, train_file=str(tsv), text_column="sentence", val_fraction=0.5)
+    dm.setup()
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 4
+
+
+def test_missing_column_lists_columns(tokenizer, tiny_text_data, tmp_path) -> None:
+    dm = text_dm(tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), text_column="review")
+    with pytest.raises(DataError, match=r"column 'review' not in the train data; columns found: text, label"):
+        dm.setup()
+
+
+def test_label_outside_classes_is_named(tokenizer, tiny_text_data, tmp_path) -> None:
+    dm = text_dm(tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), label_names=["only"])
+    with pytest.raises(DataError, match="label 1 in column 'label' does not fit the 1 classes"):
+        dm.setup()
+
+
+def test_missing_file_names_path_and_setting(tokenizer, tmp_path) -> None:
+    dm = text_dm(tokenizer, tmp_path, train_file=str(tmp_path / "nope.csv"))
+    with pytest.raises(DataError, match="nope.csv.*paths.data_dir"):
+        dm.setup()
+
+
+def test_missing_local_sst2_and_no_network_names_both_remedies(tokenizer, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dm = text_dm(tokenizer, tmp_path, train_file=str(tmp_path / "sst2/train.tsv"),
+                 hub={"path": "nyu-mll/glue", "name": "sst2", "train_split": "train", "test_split": "validation"})
+    with pytest.raises(DataError) as e:
+        dm.setup()
+    assert "paths.data_dir" in str(e.value) and "internet" in str(e.value)
+
+
+def test_string_labels_are_mapped_sorted(tokenizer, tmp_path) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label\n" + "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(10)))
+    dm = text_dm(tokenizer, tmp_path, train_file=str(csv), val_fraction=0.2)
+    dm.setup()
+    assert dm.label_names == ["neg", "pos"]
+
+
+PRE = ImagePreprocessing(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def test_image_folder_carves_val_and_reads_gif(tiny_images) -> None:
+    dm = ImageDataModule(PRE, root=str(tiny_images), val_fraction=0.25, batch_size=4, num_workers=0)
+    dm.setup()
+    assert dm.label_names == ["blue", "red"]
+    assert len(dm.splits["train"]) == 30 and len(dm.splits["val"]) == 10
+    assert dm.splits["test"].base is dm.splits["val"].base
+    base = dm.splits["train"].base.dataset
+    assert any(path.endswith(".gif") for path, _ in base.samples)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert batch["pixel_values"].dtype == torch.float32
+
+
+def test_eval_transform_is_deterministic(tiny_images) -> None:
+    dm = ImageDataModule(PRE, root=str(tiny_images), val_fraction=0.25, num_workers=0)
+    dm.setup()
+    a, b = dm.splits["val"][0]["pixel_values"], dm.splits["val"][0]["pixel_values"]
+    assert torch.equal(a, b)
+
+
+def test_missing_image_root_is_named(tmp_path) -> None:
+    dm = ImageDataModule(PRE, root=str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="nowhere/train.*data.root"):
+        dm.setup()
