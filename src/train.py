@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.checks import check_train_config
 from src.errors import ConfigError, exit_on_user_error
+from src.finetune import finetune_callbacks, prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network, build_processor
 from src.run import (
@@ -43,6 +44,7 @@ def build_data_and_module(cfg: DictConfig, pretrained_weights: bool = True):
     datamodule = instantiate(cfg.data, processor=processor, _recursive_=False)
     datamodule.setup("fit")
     network = build_network(cfg.model, datamodule.label_names, pretrained_weights)
+    network = prepare_network(network, cfg.get("finetune"))
     module = Classifier(
         network=network,
         label_names=datamodule.label_names,
@@ -83,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, module = build_data_and_module(cfg)
 
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
-    trainer = build_trainer(cfg, extra_callbacks=[best_val])
+    trainer = build_trainer(cfg, extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune"))])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     last_train_loss = _float_or_none(trainer.callback_metrics.get("train/loss"))
