@@ -31,18 +31,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {e}") from e
     config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
     if not config:
-        raise ConfigError(f"ckpt_path={str(path)!r} was not written by ftlab (no run config inside)")
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} was not written by ftlab (no run config inside)"
+        )
     return ckpt
 
 
-def module_from_checkpoint(ckpt: dict[str, Any], run_cfg: DictConfig, label_names: list[str]) -> Classifier:
+def module_from_checkpoint(
+    ckpt: dict[str, Any], run_cfg: DictConfig, label_names: list[str]
+) -> Classifier:
     """The fine-tuned Classifier, built from the stored config (no pretrained weights fetched)."""
     network = build_network(run_cfg.model, label_names, pretrained_weights=False)
-    module = Classifier(network=network, label_names=label_names, optimizer=None, config=ckpt["hyper_parameters"]["config"])
+    module = Classifier(
+        network=network,
+        label_names=label_names,
+        optimizer=None,
+        config=ckpt["hyper_parameters"]["config"],
+    )
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
-        raise ConfigError(f"checkpoint weights do not fit model {run_cfg.model.name}: {str(e).splitlines()[0]}") from e
+        raise ConfigError(
+            f"checkpoint weights do not fit model {run_cfg.model.name}: {str(e).splitlines()[0]}"
+        ) from e
     return module
 
 
@@ -53,7 +64,7 @@ def relocate_data(run_cfg: DictConfig, data_dir: str | None) -> None:
         return
     for key, value in run_cfg.data.items():
         if isinstance(value, str) and value.startswith(old):
-            run_cfg.data[key] = data_dir + value[len(old):]
+            run_cfg.data[key] = data_dir + value[len(old) :]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -66,7 +77,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from hydra.utils import instantiate
 
-    datamodule = instantiate(run_cfg.data, processor=build_processor(run_cfg.model), _recursive_=False)
+    datamodule = instantiate(
+        run_cfg.data, processor=build_processor(run_cfg.model), _recursive_=False
+    )
     datamodule.setup("test")
     if datamodule.label_names != label_names:
         raise ConfigError(
@@ -75,8 +88,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = module_from_checkpoint(ckpt, run_cfg, label_names)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=precision,
-        logger=False, default_root_dir=cfg.paths.output_dir, enable_progress_bar=True,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=precision,
+        logger=False,
+        default_root_dir=cfg.paths.output_dir,
+        enable_progress_bar=True,
     )
     if cfg.split == "val":
         results = trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -70,7 +70,9 @@ class BestValMetrics(Callback):
         if current is None:
             return
         previous = self.best.get(self.monitor)
-        better = previous is None or (current > previous if self.mode == "max" else current < previous)
+        better = previous is None or (
+            current > previous if self.mode == "max" else current < previous
+        )
         if better:
             self.best = {**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
 
@@ -94,7 +96,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def log_final_results(
-    loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any], confusion: Any, labels: list[str]
+    loggers: list[Logger],
+    cfg: DictConfig,
+    metrics: dict[str, Any],
+    confusion: Any,
+    labels: list[str],
 ) -> None:
     """hparams + final metrics (the HParams tab), and the test confusion matrix as an image."""
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}
@@ -103,13 +109,25 @@ def log_final_results(
         if isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in numeric.items()})
             if confusion is not None:
-                lg.experiment.add_figure("test/confusion_matrix", confusion_figure(confusion, labels))
+                lg.experiment.add_figure(
+                    "test/confusion_matrix", confusion_figure(confusion, labels)
+                )
             lg.finalize("success")
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The config keys worth comparing across runs, flattened to `a.b.c: value`."""
-    keep = ("task", "model", "data", "optimizer", "scheduler", "finetune", "trainer", "loss", "seed")
+    keep = (
+        "task",
+        "model",
+        "data",
+        "optimizer",
+        "scheduler",
+        "finetune",
+        "trainer",
+        "loss",
+        "seed",
+    )
     container = OmegaConf.to_container(cfg, resolve=True)
     flat: dict[str, Any] = {}
 

@@ -27,7 +27,11 @@ def real_data_dir() -> Path:
 def data_dir() -> Path:
     """The real data sets. Missing data is a failure, not a skip: CI must run these tests."""
     path = real_data_dir()
-    missing = [p for p in ("sst2/train.tsv", "sst2/dev.tsv", "hymenoptera/train") if not (path / p).exists()]
+    missing = [
+        p
+        for p in ("sst2/train.tsv", "sst2/dev.tsv", "hymenoptera/train")
+        if not (path / p).exists()
+    ]
     if missing:
         pytest.fail(f"real data missing under {path}: {missing}; set FTLAB_DATA_DIR")
     return path
@@ -59,8 +63,12 @@ def tiny_bert(tmp_path_factory) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(root)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     import torch
 
@@ -87,12 +95,18 @@ def tiny_images(tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(module: str, *overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *overrides: str, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> overrides...` from the project root, offline."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
-        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -10,18 +10,35 @@ import pytest
 from tests.conftest import QUIET, read_metrics, run_cli
 
 CONTRACT = [
-    "val/loss", "val/acc", "val/f1", "test/loss", "test/acc", "test/precision", "test/recall",
-    "test/f1", "best_ckpt_path", "monitor", "monitor_value",
+    "val/loss",
+    "val/acc",
+    "val/f1",
+    "test/loss",
+    "test/acc",
+    "test/precision",
+    "test/recall",
+    "test/f1",
+    "best_ckpt_path",
+    "monitor",
+    "monitor_value",
 ]
 
 
 def text_args(tiny_bert: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        "task=text_csv", f"model.pretrained={tiny_bert}",
-        f"data.train_file={data / 'train.csv'}", f"data.test_file={data / 'test.csv'}",
-        "data.val_fraction=0.25", "data.batch_size=8", "optimizer.lr=3e-3", "trainer.max_epochs=4",
-        "trainer.precision=32-true", f"paths.cache_dir={run_dir.parent / 'cache'}",
-        f"hydra.run.dir={run_dir}", *QUIET, *extra,
+        "task=text_csv",
+        f"model.pretrained={tiny_bert}",
+        f"data.train_file={data / 'train.csv'}",
+        f"data.test_file={data / 'test.csv'}",
+        "data.val_fraction=0.25",
+        "data.batch_size=8",
+        "optimizer.lr=3e-3",
+        "trainer.max_epochs=4",
+        "trainer.precision=32-true",
+        f"paths.cache_dir={run_dir.parent / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+        *extra,
     ]
 
 
@@ -74,7 +91,12 @@ def test_same_seed_same_metrics(text_run: Path, tiny_bert, tiny_text_data) -> No
 def test_eval_reproduces_test_metrics(text_run: Path) -> None:
     metrics = read_metrics(text_run)
     out = text_run.parent / "eval"
-    proc = run_cli("src.eval", f"ckpt_path={metrics['best_ckpt_path']}", "trainer.precision=32-true", f"hydra.run.dir={out}")
+    proc = run_cli(
+        "src.eval",
+        f"ckpt_path={metrics['best_ckpt_path']}",
+        "trainer.precision=32-true",
+        f"hydra.run.dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((out / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
@@ -84,9 +106,19 @@ def test_eval_reproduces_test_metrics(text_run: Path) -> None:
 def test_image_folder_run(tiny_images: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "img"
     proc = run_cli(
-        "src.train", "task=image_folder", "model=resnet18", "model.weights=null", "model.image_size=32",
-        f"data.root={tiny_images}", "data.num_workers=0", "data.batch_size=8", "optimizer.lr=1e-3",
-        "trainer.max_epochs=2", "trainer.precision=32-true", f"hydra.run.dir={run_dir}", *QUIET,
+        "src.train",
+        "task=image_folder",
+        "model=resnet18",
+        "model.weights=null",
+        "model.image_size=32",
+        f"data.root={tiny_images}",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "optimizer.lr=1e-3",
+        "trainer.max_epochs=2",
+        "trainer.precision=32-true",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
@@ -101,9 +133,18 @@ def test_image_folder_run(tiny_images: Path, tmp_path: Path) -> None:
         (["task=sentiment", "optimizer.lr=-1"], "optimizer.lr=-1"),
         (["task=sentiment", "data.batch_size=0"], "data.batch_size=0"),
         (["task=sentiment", "model=mobilenet_v2"], "pick a text model"),
-        (["task=sentiment", "paths.data_dir=/nonexistent/data", "data.hub=null"], "/nonexistent/data/sst2/train.tsv"),
-        (["task=sentiment", "model.pretrained=no-such-org/no-such-model"], "no-such-org/no-such-model"),
-        (["task=image_folder", "model=mobilenet_v2", "data.root=/nonexistent/imgs"], "/nonexistent/imgs/train"),
+        (
+            ["task=sentiment", "paths.data_dir=/nonexistent/data", "data.hub=null"],
+            "/nonexistent/data/sst2/train.tsv",
+        ),
+        (
+            ["task=sentiment", "model.pretrained=no-such-org/no-such-model"],
+            "no-such-org/no-such-model",
+        ),
+        (
+            ["task=image_folder", "model=mobilenet_v2", "data.root=/nonexistent/imgs"],
+            "/nonexistent/imgs/train",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(overrides: list[str], needle: str, tmp_path: Path) -> None:

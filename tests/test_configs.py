@@ -32,9 +32,23 @@ def compose_train(*overrides: str):
     [(t, "bert") for t in TEXT_TASKS] + [(t, m) for t in IMAGE_TASKS for m in IMAGE_MODELS],
 )
 def test_task_model_pairs_compose_and_pass_checks(task: str, model: str) -> None:
-    cfg = compose_train(f"task={task}", f"model={model}", "data.train_file=x.csv" if task == "text_csv" else "data.root=/x" if task == "image_folder" else "seed=1")
+    cfg = compose_train(
+        f"task={task}",
+        f"model={model}",
+        "data.train_file=x.csv"
+        if task == "text_csv"
+        else "data.root=/x"
+        if task == "image_folder"
+        else "seed=1",
+    )
     check_train_config(cfg)
-    for key in ("optimizer.lr", "data.batch_size", "trainer.max_epochs", "paths.data_dir", "monitor"):
+    for key in (
+        "optimizer.lr",
+        "data.batch_size",
+        "trainer.max_epochs",
+        "paths.data_dir",
+        "monitor",
+    ):
         assert OmegaConf.select(cfg, key) is not None, key
 
 
@@ -48,8 +62,20 @@ def test_every_group_option_composes(group: str) -> None:
 
 
 def test_every_yaml_file_is_a_known_group() -> None:
-    groups = {"task", "model", "finetune", "optimizer", "scheduler", "trainer", "callbacks",
-              "logger", "paths", "hydra", "hparams_search", "experiment"}
+    groups = {
+        "task",
+        "model",
+        "finetune",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "callbacks",
+        "logger",
+        "paths",
+        "hydra",
+        "hparams_search",
+        "experiment",
+    }
     for path in CONF.rglob("*.yaml"):
         rel = path.relative_to(CONF)
         assert len(rel.parts) == 1 or rel.parts[0] in groups, rel

@@ -23,8 +23,12 @@ def text_dm(tokenizer, tmp_path, **kw) -> TextDataModule:
 
 
 def test_text_splits_labels_and_dynamic_padding(tokenizer, tiny_text_data, tmp_path) -> None:
-    dm = text_dm(tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"),
-                 test_file=str(tiny_text_data / "test.csv"))
+    dm = text_dm(
+        tokenizer,
+        tmp_path,
+        train_file=str(tiny_text_data / "train.csv"),
+        test_file=str(tiny_text_data / "test.csv"),
+    )
     dm.setup("fit")
     assert dm.label_names == ["0", "1"]
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 120, "val": 40, "test": 40}
@@ -37,12 +41,17 @@ def test_text_splits_labels_and_dynamic_padding(tokenizer, tiny_text_data, tmp_p
 
 
 def test_tokenization_is_cached_on_disk(tokenizer, tiny_text_data, tmp_path, monkeypatch) -> None:
-    files = {"train_file": str(tiny_text_data / "train.csv"), "test_file": str(tiny_text_data / "test.csv")}
+    files = {
+        "train_file": str(tiny_text_data / "train.csv"),
+        "test_file": str(tiny_text_data / "test.csv"),
+    }
     first = text_dm(tokenizer, tmp_path, **files)
     first.setup()
     calls = []
     original = TextDataModule._tokenize
-    monkeypatch.setattr(TextDataModule, "_tokenize", lambda self, ds: calls.append(1) or original(self, ds))
+    monkeypatch.setattr(
+        TextDataModule, "_tokenize", lambda self, ds: calls.append(1) or original(self, ds)
+    )
     second = text_dm(tokenizer, tmp_path, **files)
     second.setup()
     assert calls == [] and second.label_names == first.label_names
@@ -55,20 +64,28 @@ def test_tokenization_is_cached_on_disk(tokenizer, tiny_text_data, tmp_path, mon
 
 def test_sst2_style_tsv_reads_bare_quotes(tokenizer, tmp_path) -> None:
     tsv = tmp_path / "train.tsv"
-    tsv.write_text('sentence\tlabel\nit \'s a "great" film\t1\n" dull\t0\na good one\t1\nbad bad\t0\n')
+    tsv.write_text(
+        'sentence\tlabel\nit \'s a "great" film\t1\n" dull\t0\na good one\t1\nbad bad\t0\n'
+    )
     dm = text_dm(tokenizer, tmp_path, train_file=str(tsv), text_column="sentence", val_fraction=0.5)
     dm.setup()
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == 4
 
 
 def test_missing_column_lists_columns(tokenizer, tiny_text_data, tmp_path) -> None:
-    dm = text_dm(tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), text_column="review")
-    with pytest.raises(DataError, match=r"column 'review' not in the train data; columns found: text, label"):
+    dm = text_dm(
+        tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), text_column="review"
+    )
+    with pytest.raises(
+        DataError, match=r"column 'review' not in the train data; columns found: text, label"
+    ):
         dm.setup()
 
 
 def test_label_outside_classes_is_named(tokenizer, tiny_text_data, tmp_path) -> None:
-    dm = text_dm(tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), label_names=["only"])
+    dm = text_dm(
+        tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), label_names=["only"]
+    )
     with pytest.raises(DataError, match="label 1 in column 'label' does not fit the 1 classes"):
         dm.setup()
 
@@ -79,11 +96,22 @@ def test_missing_file_names_path_and_setting(tokenizer, tmp_path) -> None:
         dm.setup()
 
 
-def test_missing_local_sst2_and_no_network_names_both_remedies(tokenizer, tmp_path, monkeypatch) -> None:
+def test_missing_local_sst2_and_no_network_names_both_remedies(
+    tokenizer, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    dm = text_dm(tokenizer, tmp_path, train_file=str(tmp_path / "sst2/train.tsv"),
-                 hub={"path": "nyu-mll/glue", "name": "sst2", "train_split": "train", "test_split": "validation"})
+    dm = text_dm(
+        tokenizer,
+        tmp_path,
+        train_file=str(tmp_path / "sst2/train.tsv"),
+        hub={
+            "path": "nyu-mll/glue",
+            "name": "sst2",
+            "train_split": "train",
+            "test_split": "validation",
+        },
+    )
     with pytest.raises(DataError) as e:
         dm.setup()
     assert "paths.data_dir" in str(e.value) and "internet" in str(e.value)
@@ -91,7 +119,9 @@ def test_missing_local_sst2_and_no_network_names_both_remedies(tokenizer, tmp_pa
 
 def test_string_labels_are_mapped_sorted(tokenizer, tmp_path) -> None:
     csv = tmp_path / "t.csv"
-    csv.write_text("text,label\n" + "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(10)))
+    csv.write_text(
+        "text,label\n" + "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(10))
+    )
     dm = text_dm(tokenizer, tmp_path, train_file=str(csv), val_fraction=0.2)
     dm.setup()
     assert dm.label_names == ["neg", "pos"]

@@ -18,9 +18,17 @@ def test_minilm_learns_sst2_from_2000_sentences(data_dir: Path, tmp_path: Path) 
     """(a)+(c): the README's command on a 2,000-sentence slice, as a subprocess; reads metrics.json."""
     run_dir = tmp_path / "sst2"
     proc = run_cli(
-        "src.train", "model=bert", "task=sentiment", f"paths.data_dir={data_dir}",
-        "data.limit_train=2000", "data.val_fraction=0.1", "optimizer.lr=1e-4", "trainer.max_epochs=1",
-        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", *QUIET,
+        "src.train",
+        "model=bert",
+        "task=sentiment",
+        f"paths.data_dir={data_dir}",
+        "data.limit_train=2000",
+        "data.val_fraction=0.1",
+        "optimizer.lr=1e-4",
+        "trainer.max_epochs=1",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,8 +43,14 @@ def test_mobilenet_v2_learns_hymenoptera(data_dir: Path, tmp_path: Path) -> None
     """(b): the offline ImageNet mobilenet_v2, fine-tuned on ants vs bees."""
     run_dir = tmp_path / "hymenoptera"
     proc = run_cli(
-        "src.train", "model=mobilenet_v2", "task=hymenoptera", f"paths.data_dir={data_dir}",
-        "optimizer.lr=1e-3", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *QUIET,
+        "src.train",
+        "model=mobilenet_v2",
+        "task=hymenoptera",
+        f"paths.data_dir={data_dir}",
+        "optimizer.lr=1e-3",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -56,7 +56,9 @@ def test_torchvision_groups_partition_and_head_is_new(arch: str) -> None:
 
 
 def test_packaged_mobilenet_weights_load_offline() -> None:
-    cfg = OmegaConf.create({"family": "torchvision", "arch": "mobilenet_v2", "weights": "IMAGENET1K_V1"})
+    cfg = OmegaConf.create(
+        {"family": "torchvision", "arch": "mobilenet_v2", "weights": "IMAGENET1K_V1"}
+    )
     net = build_network(cfg, ["ants", "bees"])
     # The stem conv of the real ImageNet weights is far from a fresh random init.
     first = net.model.features[0][0].weight
@@ -73,7 +75,9 @@ def test_unknown_weights_name_lists_valid_names() -> None:
 
 
 def test_missing_weights_file_is_named(tmp_path) -> None:
-    cfg = OmegaConf.create({"family": "torchvision", "arch": "resnet18", "weights": str(tmp_path / "w.pth")})
+    cfg = OmegaConf.create(
+        {"family": "torchvision", "arch": "resnet18", "weights": str(tmp_path / "w.pth")}
+    )
     with pytest.raises(ModelUnavailableError, match="no such file"):
         build_network(cfg, ["a", "b"])
 

@@ -35,9 +35,15 @@ def is_image_file(path: str) -> bool:
 
 def build_transforms(pre: ImagePreprocessing, augment: bool, color_jitter: float) -> v2.Compose:
     """Train: random resized crop, flip, colour jitter. Eval: resize + centre crop."""
-    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    to_tensor = [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(pre.mean, pre.std),
+    ]
     if not augment:
-        return v2.Compose([v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(pre.crop_size), *to_tensor])
+        return v2.Compose(
+            [v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(pre.crop_size), *to_tensor]
+        )
     jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
     return v2.Compose(
         [
@@ -150,9 +156,7 @@ class ImageDataModule(L.LightningDataModule):
                     f"the {split} folder's classes {classes} differ from train's {self.label_names}"
                 )
         self.splits = {name: _AsDict(ds) for name, ds in splits.items()}
-        log.info(
-            "images: %s", {name: len(ds) for name, ds in self.splits.items()}
-        )
+        log.info("images: %s", {name: len(ds) for name, ds in self.splits.items()})
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

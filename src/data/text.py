@@ -119,9 +119,7 @@ class TextDataModule(L.LightningDataModule):
         train_file = self.files["train"]
         if train_file and Path(train_file).expanduser().is_file():
             datasets_cache = str(Path(self.cache_dir).parent / "datasets")
-            return {
-                s: load_local_split(f, datasets_cache) for s, f in self.files.items() if f
-            }
+            return {s: load_local_split(f, datasets_cache) for s, f in self.files.items() if f}
         if not self.hub:
             load_local_split(str(train_file), "")  # raises the "file not found" error
         return self._hub_splits(train_file)
@@ -139,9 +137,7 @@ class TextDataModule(L.LightningDataModule):
                 "paths.data_dir=DIR (or FTLAB_DATA_DIR) to a folder holding the local copy, or "
                 "run with internet access"
             ) from e
-        return {
-            s: raw[hub[f"{s}_split"]] for s in SPLITS if hub.get(f"{s}_split")
-        }
+        return {s: raw[hub[f"{s}_split"]] for s in SPLITS if hub.get(f"{s}_split")}
 
     def _check_columns(self, split: str, ds: Any) -> None:
         for col in [*self.text_columns, self.label_column]:
@@ -284,11 +280,17 @@ class TextDataModule(L.LightningDataModule):
                 self.batch_size, lengths=ds["length"], generator=generator
             )
             return DataLoader(
-                ds, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate,
+                ds,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                collate_fn=self._collate,
                 num_workers=self.num_workers,
             )
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=True, collate_fn=self._collate,
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self._collate,
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed),
         )
@@ -298,7 +300,9 @@ class TextDataModule(L.LightningDataModule):
         # Sorted by length: far less padding, and metrics do not depend on the order.
         order = sorted(range(len(ds)), key=ds["length"].__getitem__)
         return DataLoader(
-            ds.select(order), batch_size=self.eval_batch_size, collate_fn=self._collate,
+            ds.select(order),
+            batch_size=self.eval_batch_size,
+            collate_fn=self._collate,
             num_workers=self.num_workers,
         )
 

@@ -188,7 +188,10 @@ TORCHVISION_ARCHS: dict[str, dict[str, Any]] = {
         "stages": [(0, 2), (2, 4), (4, 7), (7, 13), (13, 17)],
         "head": "classifier",
     },
-    "mobilenet_v3_small": {"stages": [(0, 1), (1, 2), (2, 4), (4, 9), (9, 13)], "head": "classifier"},
+    "mobilenet_v3_small": {
+        "stages": [(0, 1), (1, 2), (2, 4), (4, 9), (9, 13)],
+        "head": "classifier",
+    },
     "efficientnet_b0": {"stages": [(0, 2), (2, 3), (3, 4), (4, 6), (6, 9)], "head": "classifier"},
     "efficientnet_b1": {"stages": [(0, 2), (2, 3), (3, 4), (4, 6), (6, 9)], "head": "classifier"},
 }
@@ -214,9 +217,7 @@ class TorchvisionNetwork(Network):
             return [("stem", (m.conv1, m.bn1))] + [
                 (name, (getattr(m, name),)) for name in ("layer1", "layer2", "layer3", "layer4")
             ]
-        return [
-            (f"stage{i}", tuple(m.features[a:b])) for i, (a, b) in enumerate(spec["stages"])
-        ]
+        return [(f"stage{i}", tuple(m.features[a:b])) for i, (a, b) in enumerate(spec["stages"])]
 
     def head_modules(self) -> list[nn.Module]:
         return [getattr(self.model, TORCHVISION_ARCHS[self.arch]["head"])]
