@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.errors import ConfigError, exit_on_user_error
+from src.finetune import prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network, build_processor
 from src.run import TEST_KEYS, VAL_KEYS, print_summary, resolve_precision, write_json_atomic
@@ -42,6 +43,7 @@ def module_from_checkpoint(
 ) -> Classifier:
     """The fine-tuned Classifier, built from the stored config (no pretrained weights fetched)."""
     network = build_network(run_cfg.model, label_names, pretrained_weights=False)
+    network = prepare_network(network, run_cfg.get("finetune"))  # e.g. LoRA adapters
     module = Classifier(
         network=network,
         label_names=label_names,

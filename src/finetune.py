@@ -1,24 +1,349 @@
-"""Fine-tuning strategies over layer groups, selected by the `finetune=` config group."""
+"""Fine-tuning strategies over layer groups, selected by the `finetune=` config group.
+
+- `full`: every layer group and the head train.
+- `feature_extraction`: every backbone group frozen (BatchNorm in eval mode), the head trains.
+- `partial`: the top `trainable_groups` groups and the head train.
+- `gradual`: ULMFiT; the head first, then one more group (top down) per milestone epoch.
+- `lora`: LoRA adapters (peft) in a BERT-style encoder; only adapters and head train.
+
+Freezing is one Lightning `BaseFinetuning` callback, `FreezeSchedule`: it freezes before the
+optimizer is built, adds unfrozen groups to the optimizer with their discriminative LR (the same
+names and no-decay rules as `src.optim`), lets the LR scheduler drive them, and restores the exact
+frozen state and param groups when a run resumes from a checkpoint.
+"""
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
 
 from src.errors import ConfigError
 from src.models.networks import Network
+from src.optim import group_lr, group_param_groups, sync_scheduler_groups
 
-STRATEGIES = ("full",)
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("full", "feature_extraction", "partial", "gradual", "lora")
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def _strategy(finetune_cfg: DictConfig | None) -> str:
+    return str((finetune_cfg or {}).get("strategy", "full"))
+
+
+def _int_at_least(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r} is invalid: must be an int >= {minimum}")
+    return value
+
+
+def check_finetune_config(finetune_cfg: DictConfig | None, modality: str) -> None:
+    """Values that are wrong whatever the network (its group count is checked in prepare_network)."""
+    cfg = finetune_cfg or {}
+    strategy = _strategy(finetune_cfg)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"finetune.strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
+    decay = cfg.get("lr_decay", 1.0)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay > 0:
+        raise ConfigError(
+            f"finetune.lr_decay={decay!r} is invalid: must be a float > 0 "
+            "(1.0: one LR for all groups; 0.8: layer-wise decay; 1/2.6: ULMFiT)"
+        )
+    if strategy == "partial":
+        _int_at_least(cfg.get("trainable_groups"), "finetune.trainable_groups", 0)
+    if strategy == "gradual":
+        at, every = cfg.get("unfreeze_at"), cfg.get("unfreeze_every")
+        if at is None and every is None:
+            raise ConfigError(
+                "finetune=gradual needs finetune.unfreeze_at=[1,2,3] or finetune.unfreeze_every=N"
+            )
+        if at is not None:
+            if not isinstance(at, (list, ListConfig)) or not at:
+                raise ConfigError(
+                    f"finetune.unfreeze_at={at!r} must be a non-empty list of epochs, e.g. [1,2,3]"
+                )
+            for epoch in at:
+                _int_at_least(epoch, "finetune.unfreeze_at entry", 0)
+        else:
+            _int_at_least(every, "finetune.unfreeze_every", 1)
+        _int_at_least(cfg.get("groups_per_step", 1), "finetune.groups_per_step", 1)
+    if strategy == "lora":
+        if modality != "text":
+            raise ConfigError(
+                f"finetune=lora needs a transformer (model=bert, ...), not a {modality} model; "
+                f"for CNNs use one of: {', '.join(s for s in STRATEGIES if s != 'lora')}"
+            )
+        _int_at_least(cfg.get("rank"), "finetune.rank", 1)
+        alpha, dropout = cfg.get("alpha"), cfg.get("dropout", 0.0)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ConfigError(f"finetune.alpha={alpha!r} is invalid: must be a float > 0")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"finetune.dropout={dropout!r} is invalid: must be in [0, 1)")
+        targets = cfg.get("target_modules")
+        if not isinstance(targets, (list, ListConfig)) or not targets:
+            raise ConfigError(
+                f"finetune.target_modules={targets!r} must be a non-empty list, e.g. [query,value]"
+            )
+
+
+# --------------------------------------------------------------------------- the network
 
 
 def prepare_network(network: Network, finetune_cfg: DictConfig | None) -> Network:
-    """Changes a strategy makes to the network before training (e.g. adapters)."""
-    strategy = (finetune_cfg or {}).get("strategy", "full")
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"finetune.strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
+    """Check the strategy against the built network; inject LoRA adapters for `lora`.
+
+    Also called when a checkpoint is evaluated, so a LoRA checkpoint's keys find their modules.
+    """
+    check_finetune_config(finetune_cfg, network.modality)
+    strategy = _strategy(finetune_cfg)
+    n_groups = len(network.layer_groups())
+    if strategy == "partial" and finetune_cfg.trainable_groups > n_groups:
+        names = ", ".join(name for name, _ in network.layer_groups())
+        raise ConfigError(
+            f"finetune.trainable_groups={finetune_cfg.trainable_groups} is beyond this model's "
+            f"{n_groups} layer groups ({names}); valid: 0..{n_groups}"
+        )
+    if strategy == "lora":
+        inject_lora(network, finetune_cfg)
     return network
 
 
+def inject_lora(network: Network, finetune_cfg: DictConfig) -> None:
+    """LoRA adapters in place (peft), so the network keeps its layer groups; base weights frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = network.model
+    targets = [str(t) for t in finetune_cfg.target_modules]
+    linear_names = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    )
+    unknown = [t for t in targets if t not in linear_names]
+    if unknown:
+        raise ConfigError(
+            f"finetune.target_modules has {unknown}, not a linear layer of this model; "
+            f"valid: {', '.join(linear_names)}"
+        )
+    config = LoraConfig(
+        r=int(finetune_cfg.rank),
+        lora_alpha=float(finetune_cfg.alpha),
+        lora_dropout=float(finetune_cfg.get("dropout", 0.0)),
+        target_modules=targets,
+        bias="none",
+    )
+    inject_adapter_in_model(config, model)
+    # peft freezes everything but the adapters; the new classification head must train too.
+    for p in network.head_parameters():
+        p.requires_grad_(True)
+    trainable, total = count_parameters(network)
+    log.info(
+        "lora: %s trainable of %s parameters (adapters + head)", f"{trainable:,}", f"{total:,}"
+    )
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+class FreezeSchedule(BaseFinetuning):
+    """Which layer groups train at each epoch; unfrozen groups join the optimizer mid-run.
+
+    `trainable_groups`: how many groups, from the top, train from the start (None: all of them,
+    leaving requires_grad as the network has it, e.g. LoRA's). At each epoch in `milestones`
+    (or every `unfreeze_every` epochs), `groups_per_step` more groups unfreeze, top down.
+    Frozen groups keep their BatchNorm layers in eval mode, so running statistics stay as
+    pretrained and normalisation uses them, as at inference.
+    """
+
+    def __init__(
+        self,
+        trainable_groups: int | None = None,
+        milestones: Sequence[int] = (),
+        unfreeze_every: int | None = None,
+        groups_per_step: int = 1,
+    ) -> None:
+        super().__init__()
+        self.trainable_groups = trainable_groups
+        self.milestones = sorted(int(m) for m in milestones)
+        self.unfreeze_every = unfreeze_every
+        self.groups_per_step = groups_per_step
+        self.trainable: set[str] = set()  # groups this schedule has made trainable
+        self._restored_trainable: list[str] | None = None
+
+    def n_trainable(self, epoch: int, n_groups: int) -> int:
+        """How many groups, from the top, train during `epoch`."""
+        if self.trainable_groups is None:
+            return n_groups
+        if self.unfreeze_every:
+            steps = epoch // self.unfreeze_every
+        else:
+            steps = sum(m <= epoch for m in self.milestones)
+        return min(n_groups, self.trainable_groups + steps * self.groups_per_step)
+
+    # -- freezing before the optimizer exists (BaseFinetuning calls this in `setup`)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        groups = pl_module.network.layer_groups()
+        n_start = len(groups) if self.trainable_groups is None else self.trainable_groups
+        if n_start > len(groups):
+            raise ConfigError(
+                f"finetune.trainable_groups={n_start} is beyond this model's {len(groups)} layer groups"
+            )
+        frozen, top = groups[: len(groups) - n_start], groups[len(groups) - n_start :]
+        for _, modules in frozen:
+            # train_bn=False also stops running-stat updates (track_running_stats=False)
+            self.freeze(modules, train_bn=False)
+        self.trainable = {name for name, _ in top}
+
+    # -- unfreezing at epoch starts (BaseFinetuning records new param groups for resuming)
+
+    def finetune_function(
+        self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
+    ) -> None:
+        groups = pl_module.network.layer_groups()
+        want = self.n_trainable(epoch, len(groups))
+        for depth, (name, modules) in enumerate(reversed(groups), start=1):
+            if depth > want:
+                break
+            if name not in self.trainable:
+                self.unfreeze_group(pl_module, optimizer, name, modules, depth)
+                log.info("epoch %d: unfroze layer group %s", epoch, name)
+
+    def unfreeze_group(
+        self,
+        pl_module: L.LightningModule,
+        optimizer: Optimizer,
+        name: str,
+        modules: Iterable[nn.Module],
+        depth: int,
+    ) -> None:
+        """Make a group trainable and add it to the optimizer with its discriminative LR."""
+        modules = list(modules)
+        self.make_trainable(modules)
+        for m in modules:
+            m.train()
+        lr, weight_decay, lr_decay = optimizer_settings(pl_module)
+        # by identity: BaseFinetuning.filter_on_optimizer compares values, which tied or
+        # zero-initialised weights would match
+        present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        params = [
+            p for m in modules for p in m.parameters() if p.requires_grad and id(p) not in present
+        ]
+        for group in group_param_groups(name, params, group_lr(lr, lr_decay, depth), weight_decay):
+            optimizer.add_param_group(group)
+        sync_schedulers(pl_module.trainer, optimizer)
+        self.trainable.add(name)
+
+    # -- the hooks around it
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restored_trainable is not None:
+            # resuming: `setup` froze to the starting state; unfreeze what was trainable at the
+            # checkpoint before BaseFinetuning restores the param groups and Lightning the
+            # optimizer and scheduler states (those need the same group count).
+            by_name = dict(pl_module.network.layer_groups())
+            for name in self._restored_trainable:
+                if name not in self.trainable:
+                    self.make_trainable(by_name[name])
+                    for m in by_name[name]:
+                        m.train()
+                    self.trainable.add(name)
+            self._restored_trainable = None
+        super().on_fit_start(trainer, pl_module)
+        for optimizer in trainer.optimizers:
+            sync_schedulers(trainer, optimizer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning's "modules in eval mode" check, which would flag frozen BatchNorm
+        self.frozen_batchnorm_to_eval(pl_module)
+        self.log_trainable(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        n_before = len(self.trainable)
+        super().on_train_epoch_start(trainer, pl_module)
+        self.frozen_batchnorm_to_eval(pl_module)
+        if len(self.trainable) != n_before:
+            self.log_trainable(trainer, pl_module)
+
+    def frozen_batchnorm_to_eval(self, pl_module: L.LightningModule) -> None:
+        for name, modules in pl_module.network.layer_groups():
+            if name not in self.trainable:
+                for m in modules:
+                    for sub in m.modules():
+                        if isinstance(sub, _BatchNorm):
+                            sub.eval()
+
+    def log_trainable(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainable, total = count_parameters(pl_module.network)
+        if trainer.is_global_zero:
+            log.info(
+                "epoch %d: %s of %s parameters trainable (%.2f%%)",
+                trainer.current_epoch,
+                f"{trainable:,}",
+                f"{total:,}",
+                100 * trainable / max(total, 1),
+            )
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {"params/trainable": trainable, "params/total": total}, step=trainer.global_step
+                )
+
+    # -- resume: the trainable groups travel with the checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "trainable": sorted(self.trainable)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._restored_trainable = list(state_dict.get("trainable", []))
+
+
+def optimizer_settings(pl_module: L.LightningModule) -> tuple[float, float, float]:
+    """(head lr, weight decay, lr_decay) as the module's configure_optimizers uses them."""
+    keywords = pl_module.optimizer_factory.keywords
+    return (
+        float(keywords["lr"]),
+        float(keywords.get("weight_decay", 0.0)),
+        float(pl_module.hparams.lr_decay),
+    )
+
+
+def sync_schedulers(trainer: L.Trainer, optimizer: Optimizer) -> None:
+    """Every scheduler of `optimizer` also drives the param groups added after it was built."""
+    for config in trainer.lr_scheduler_configs:
+        if config.scheduler.optimizer is optimizer:
+            sync_scheduler_groups(config.scheduler)
+
+
 def finetune_callbacks(finetune_cfg: DictConfig | None) -> list[Callback]:
-    """Callbacks that freeze / unfreeze layer groups during training (none for `full`)."""
-    return []
+    """The FreezeSchedule for the strategy (for `full` and `lora` it freezes nothing itself)."""
+    cfg = finetune_cfg or {}
+    strategy = _strategy(finetune_cfg)
+    if strategy == "feature_extraction":
+        return [FreezeSchedule(trainable_groups=0)]
+    if strategy == "partial":
+        return [FreezeSchedule(trainable_groups=int(cfg.trainable_groups))]
+    if strategy == "gradual":
+        return [
+            FreezeSchedule(
+                trainable_groups=0,
+                milestones=list(cfg.get("unfreeze_at") or []),
+                unfreeze_every=None if cfg.get("unfreeze_at") else cfg.get("unfreeze_every"),
+                groups_per_step=int(cfg.get("groups_per_step", 1)),
+            )
+        ]
+    return [FreezeSchedule(trainable_groups=None)]

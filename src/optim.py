@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -12,7 +13,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from src.errors import ConfigError
 
-SCHEDULES = ("constant", "linear", "cosine")
+SCHEDULES = ("constant", "linear", "cosine", "one_cycle")
+# Slanted triangular LR (ULMFiT): the LR climbs from peak/32 to the peak, then falls back to peak/32.
+STLR_RATIO = 32.0
 
 
 def split_decay(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -61,11 +64,24 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
     return int(math.ceil(warmup * total_steps)) if warmup < 1 else int(warmup)
 
 
+def slanted_triangular(step: int, n_up: int, total_steps: int, ratio: float = STLR_RATIO) -> float:
+    """ULMFiT's STLR multiplier: linear from 1/ratio up to 1 over n_up steps, then back down."""
+    p = step / n_up if step < n_up else max(0.0, 1 - (step - n_up) / max(1, total_steps - n_up))
+    return (1 + p * (ratio - 1)) / ratio
+
+
 def build_scheduler(name: str, optimizer: Optimizer, warmup: float, total_steps: int) -> LambdaLR:
-    """Per-step schedules: transformers' warmup schedules, by name."""
+    """Per-step schedules: transformers' warmup schedules, by name, and one-cycle (STLR).
+
+    All are LambdaLR with one multiplier for every group, so a group's LR is its own peak
+    (`initial_lr`, discriminative) times the schedule; see `sync_scheduler_groups`.
+    """
     from transformers import get_scheduler
 
     n_warmup = warmup_steps(warmup, total_steps)
+    if name == "one_cycle":
+        # a partial, not a lambda: LambdaLR saves callable objects' state in checkpoints
+        return LambdaLR(optimizer, partial(slanted_triangular, n_up=max(1, n_warmup), total_steps=total_steps))
     if name == "constant":
         return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=n_warmup)
     if name in ("linear", "cosine"):
@@ -73,3 +89,24 @@ def build_scheduler(name: str, optimizer: Optimizer, warmup: float, total_steps:
             name, optimizer, num_warmup_steps=n_warmup, num_training_steps=total_steps
         )
     raise ConfigError(f"scheduler.name={name!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def sync_scheduler_groups(scheduler: LambdaLR) -> None:
+    """Let a scheduler drive param groups added after it was built (gradual unfreezing).
+
+    torch's LambdaLR only knows the groups it was built with (and zips strictly, so a new group
+    would make its next step fail). A new group gets group 0's multiplier with its own LR as peak
+    (`initial_lr`), and joins the schedule where it is now: lr = initial_lr * multiplier(step).
+    """
+    if not isinstance(scheduler, LambdaLR):
+        raise ConfigError(
+            f"{type(scheduler).__name__} cannot take param groups added mid-run; "
+            f"use one of the LambdaLR schedules: {', '.join(SCHEDULES)}"
+        )
+    groups = scheduler.optimizer.param_groups
+    for group in groups[len(scheduler.lr_lambdas) :]:
+        group.setdefault("initial_lr", group["lr"])
+        scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+        scheduler.base_lrs.append(group["initial_lr"])
+        group["lr"] = group["initial_lr"] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in groups]

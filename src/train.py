@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.checks import check_train_config
 from src.errors import ConfigError, exit_on_user_error
-from src.finetune import finetune_callbacks, prepare_network
+from src.finetune import check_finetune_config, finetune_callbacks, prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network, build_processor
 from src.run import (
@@ -34,6 +34,7 @@ from src.run import (
     resolve_precision,
     write_json_atomic,
 )
+from src.tuning import maybe_find_lr
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test; write metrics.json into the run dir; return the metrics."""
     started = time.time()
     check_train_config(cfg)
+    check_finetune_config(cfg.get("finetune"), cfg.model.modality)
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_data_and_module(cfg)
 
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
     trainer = build_trainer(cfg, extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune"))])
+    maybe_find_lr(cfg, trainer, module, datamodule, resuming=ckpt_path is not None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     last_train_loss = _float_or_none(trainer.callback_metrics.get("train/loss"))
