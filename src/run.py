@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,20 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def ensure_writable_dir(path: Path, key: str) -> None:
+    """Create `path` and write a probe file there, so an unwritable dir fails now, not after hours."""
+    from src.errors import ConfigError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".ftlab-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"{key}={str(path)!r} is not writable: {reason}") from e
+
+
 def log_final_results(
     loggers: list[Logger],
     cfg: DictConfig,
@@ -169,3 +184,116 @@ def print_summary(metrics: dict[str, Any]) -> None:
     shown = [k for k in (*VAL_KEYS, *TEST_KEYS) if metrics.get(k) is not None]
     line = "  ".join(f"{k}={metrics[k]:.4f}" for k in shown)
     print(f"ftlab: {line}", file=sys.stderr, flush=True)
+
+
+class RngStateCheckpoint(Callback):
+    """Saves the global torch / numpy / Python RNG states in every checkpoint; restores them on
+    resume, so dropout and augmentations after a resume draw what an uninterrupted run draws.
+
+    Lightning does not checkpoint these. They are restored at the first epoch start after the
+    resume: after model building (which consumes randomness) and before the first batch is fetched.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("rng")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states as tensors, lists and numbers: loadable with weights_only=True
+    (numpy's state holds an ndarray, which a weights_only load refuses)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), py_gauss],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = states["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Local checkpoints written to a temp file in the same folder, fsynced, then renamed.
+
+    Lightning's own save writes through an fsspec transaction whose temp file lives in the
+    system temp dir; when that is another filesystem than the run dir, the final move is a copy,
+    and a kill during it leaves a truncated `last.ckpt`. A rename within one folder is atomic:
+    a reader sees the old checkpoint or the new one, never a part.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec
+        target = Path(str(path).removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        try:
+            with tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def check_resume_checkpoint(path: str, module: L.LightningModule) -> None:
+    """A checkpoint to resume from must be readable and hold weights of this very network.
+
+    Read with mmap (cheap even for large files) and weights_only; checked before Lightning loads
+    it, which would otherwise fail deep inside fit with a traceback.
+    """
+    from src.errors import ConfigError
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # zip/pickle errors of a truncated or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"ckpt_path={path!r} is not a readable checkpoint: {first}") from e
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or "global_step" not in ckpt:
+        raise ConfigError(f"ckpt_path={path!r} is not a Lightning training checkpoint (no state_dict / global_step)")
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if missing or unexpected or reshaped:
+        example = (
+            f"{reshaped[0]} is {list(found[reshaped[0]])} there, {list(expected[reshaped[0]])} here"
+            if reshaped
+            else f"e.g. {(missing or unexpected)[0]}"
+        )
+        raise ConfigError(
+            f"ckpt_path={path!r} holds the weights of another model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(reshaped)} of another shape; {example}); resume with "
+            "the model and task config of the run that wrote it"
+        )

@@ -1,0 +1,192 @@
+"""`python -m src.ensemble ckpt_paths=[a,b,c]`: average class probabilities of several checkpoints.
+
+Each member is rebuilt from its own checkpoint (its own tokenizer or preprocessing), run on the
+task's test (or val) split, and its probabilities aligned by example. The ensemble predicts the
+argmax of the mean probability. metrics.json holds the ensemble's and every member's acc, F1
+(macro, as in training) and loss (NLL); predictions.csv the per-example ensemble probabilities.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
+from src.errors import ConfigError, exit_on_user_error
+from src.run import ensure_writable_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MemberOutput:
+    ckpt_path: str
+    probs: torch.Tensor  # (N, C) float32, in the split's own example order
+    labels: torch.Tensor  # (N,)
+    label_names: list[str]
+    task: str
+
+
+def member_paths(cfg: DictConfig) -> list[Path]:
+    """Checkpoint files from ckpt_paths, run_dirs (each run's best checkpoint) and ckpt_glob."""
+    paths = [Path(str(p)).expanduser() for p in cfg.get("ckpt_paths") or []]
+    for run_dir in cfg.get("run_dirs") or []:
+        metrics_file = Path(str(run_dir)).expanduser() / "metrics.json"
+        if not metrics_file.is_file():
+            raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (not a finished ftlab run)")
+        best = json.loads(metrics_file.read_text()).get("best_ckpt_path")
+        if not best:
+            raise ConfigError(f"run_dirs: {run_dir} has no best checkpoint in its metrics.json")
+        paths.append(Path(best))
+    if cfg.get("ckpt_glob"):
+        found = sorted(Path(p) for p in glob.glob(str(Path(str(cfg.ckpt_glob)).expanduser())))
+        if not found:
+            raise ConfigError(f"ckpt_glob={cfg.ckpt_glob!r} matches no file")
+        paths += found
+    if len(paths) < 1:
+        raise ConfigError("no members: give ckpt_paths=[a.ckpt,b.ckpt], run_dirs=[...] or ckpt_glob=...")
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(f"member checkpoint {p}: no such file")
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError("the same checkpoint is listed twice; each member must be a different file")
+    return paths
+
+
+@torch.inference_mode()
+def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOutput:
+    """One member's class probabilities on the split, in the split's own order."""
+    from hydra.utils import instantiate
+
+    from src.eval import relocate_data
+    from src.predict import load_model
+
+    model = load_model(path)
+    relocate_data(model.run_cfg, cfg.get("data_dir"))
+    datamodule = instantiate(model.run_cfg.data, processor=model.processor, _recursive_=False)
+    datamodule.setup("test")
+    if datamodule.label_names != model.label_names:
+        raise ConfigError(
+            f"{path}: the data's classes {datamodule.label_names} differ from the checkpoint's "
+            f"{model.label_names}"
+        )
+    ds = datamodule.splits[cfg.split]
+    batch_size = int(cfg.batch_size or model.run_cfg.data.eval_batch_size)
+    if model.modality == "text":
+        # Sorted by length (little padding), scattered back to the split's order below.
+        order = sorted(range(len(ds)), key=ds["length"].__getitem__)
+        loader = torch.utils.data.DataLoader(ds.select(order), batch_size=batch_size, collate_fn=datamodule._collate)
+    else:
+        order = list(range(len(ds)))
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
+    module = model.module.to(device)
+    probs, labels = [], []
+    for batch in loader:
+        labels.append(batch.pop("labels"))
+        logits = module({k: v.to(device) for k, v in batch.items()})
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+    index = torch.tensor(order)
+    aligned_probs = torch.empty(len(ds), len(model.label_names))
+    aligned_labels = torch.empty(len(ds), dtype=torch.long)
+    aligned_probs[index] = torch.cat(probs)
+    aligned_labels[index] = torch.cat(labels)
+    return MemberOutput(str(path), aligned_probs, aligned_labels, model.label_names, str(model.run_cfg.task.name))
+
+
+def scores(probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
+    """acc (micro), F1 (macro, as torchmetrics in training), loss (NLL of the probabilities)."""
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    num_classes = probs.shape[1]
+    preds = probs.argmax(dim=-1)
+    nll = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
+    return {
+        f"{prefix}acc": float((preds == labels).float().mean()),
+        f"{prefix}f1": float(multiclass_f1_score(preds, labels, num_classes, average="macro")),
+        f"{prefix}loss": float(nll),
+    }
+
+
+def check_compatible(members: list[MemberOutput]) -> None:
+    first = members[0]
+    for m in members[1:]:
+        if m.label_names != first.label_names:
+            raise ConfigError(f"{m.ckpt_path} has classes {m.label_names}, {first.ckpt_path} has {first.label_names}")
+        if m.labels.shape != first.labels.shape or not torch.equal(m.labels, first.labels):
+            raise ConfigError(
+                f"{m.ckpt_path} (task {m.task}) was tested on other data than {first.ckpt_path} "
+                f"(task {first.task}): members must share the test split"
+            )
+
+
+def ensemble(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate every member and their probability average; write metrics.json + predictions.csv."""
+    from src.predict import resolve_device
+
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split!r}; valid: test, val")
+    paths = member_paths(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    ensure_writable_dir(out_dir, "hydra.run.dir")
+    device = resolve_device(str(cfg.device))
+    members = []
+    for i, path in enumerate(paths):
+        log.info("member %d/%d: %s", i + 1, len(paths), path)
+        members.append(member_output(path, cfg, device))
+    check_compatible(members)
+    labels = members[0].labels
+    mean_probs = torch.stack([m.probs for m in members]).mean(dim=0)
+    split = cfg.split
+    metrics: dict[str, Any] = {"split": split, "n_members": len(members), "label_names": members[0].label_names}
+    metrics.update(scores(mean_probs, labels, f"ensemble/{split}/"))
+    for i, m in enumerate(members):
+        metrics[f"member{i}/ckpt_path"] = str(Path(m.ckpt_path).resolve())
+        metrics.update(scores(m.probs, labels, f"member{i}/{split}/"))
+    for key in ("acc", "f1"):
+        values = [metrics[f"member{i}/{split}/{key}"] for i in range(len(members))]
+        metrics[f"members_mean/{split}/{key}"] = sum(values) / len(values)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    _write_predictions(out_dir / "predictions.csv", mean_probs, labels, members)
+    line = "  ".join(
+        f"{who}: acc={metrics[f'{who}/{split}/acc']:.4f} f1={metrics[f'{who}/{split}/f1']:.4f}"
+        for who in ["ensemble", *(f"member{i}" for i in range(len(members)))]
+    )
+    print(f"ftlab: {line}", file=sys.stderr, flush=True)
+    return metrics
+
+
+def _write_predictions(path: Path, mean_probs: torch.Tensor, labels: torch.Tensor, members: list[MemberOutput]) -> None:
+    import csv
+
+    names = members[0].label_names
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["index", "label", "predicted", *(f"prob_{n}" for n in names), *(f"member{i}" for i in range(len(members)))]
+        )
+        member_preds = [m.probs.argmax(-1).tolist() for m in members]
+        for i, row in enumerate(mean_probs.tolist()):
+            writer.writerow(
+                [i, names[int(labels[i])], names[int(mean_probs[i].argmax())], *(f"{p:.6f}" for p in row),
+                 *(names[mp[i]] for mp in member_preds)]
+            )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="ensemble")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        ensemble(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""`python -m src.export ckpt_path=PATH format=hf|onnx|torchscript out=DIR`: a standalone model.
+
+- hf: transformers `save_pretrained` (model, tokenizer, id2label/label2id), for text models, so
+  `transformers.pipeline("text-classification", model=DIR)` loads it as is.
+- onnx: `torch.onnx.export`, dynamic batch (and sequence) axes; inputs named as the batch keys.
+- torchscript: `torch.jit.trace` of the network; inputs in `export.json`'s `input_names` order.
+
+onnx/torchscript exports also hold the tokenizer (text) or `preprocessing.json` (images).
+After export, the saved model is loaded back and its logits compared with the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
+from src.errors import ConfigError, exit_on_user_error
+from src.predict import LoadedModel, load_model
+from src.run import ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hf", "onnx", "torchscript")
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+SAMPLE_TEXTS = ["a short example", "a second, somewhat longer example sentence to classify"]
+
+
+class TensorInputs(torch.nn.Module):
+    """The network with positional tensor inputs (what ONNX and tracing need) -> logits."""
+
+    def __init__(self, network: torch.nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.network, self.input_names = network, input_names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.network(dict(zip(self.input_names, tensors, strict=True)))
+
+
+def sample_batch(model: LoadedModel, n: int = 2) -> dict[str, torch.Tensor]:
+    """A batch in the network's input format: tokenized sentences, or random normalised images."""
+    if model.modality == "text":
+        texts = (SAMPLE_TEXTS * n)[:n]
+        return dict(model.processor(texts, padding=True, truncation=True, return_tensors="pt"))
+    size = model.processor.crop_size
+    return {"pixel_values": torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))}
+
+
+def dynamic_axes(input_names: list[str], modality: str) -> dict[str, dict[int, str]]:
+    axes = {name: {0: "batch", 1: "sequence"} if modality == "text" else {0: "batch"} for name in input_names}
+    axes["logits"] = {0: "batch"}
+    return axes
+
+
+def export_hf(model: LoadedModel, out: Path) -> None:
+    hf_model = model.module.network.model
+    # id2label/label2id were set when the network was built from the run's label names.
+    hf_model.config.id2label = dict(enumerate(model.label_names))
+    hf_model.config.label2id = {n: i for i, n in enumerate(model.label_names)}
+    hf_model.save_pretrained(out)
+    model.processor.save_pretrained(out)
+
+
+def export_onnx(model: LoadedModel, out: Path, batch: dict[str, torch.Tensor], opset: int) -> None:
+    names = list(batch)
+    wrapper = TensorInputs(model.module.network, names).eval()
+    # The TorchScript-based exporter: it takes dynamic_axes directly and handles HF encoders and
+    # torchvision CNNs alike; no onnxscript needed at export time.
+    torch.onnx.export(
+        wrapper,
+        tuple(batch.values()),
+        str(out / FILE_NAMES["onnx"]),
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes=dynamic_axes(names, model.modality),
+        opset_version=opset,
+        dynamo=False,
+    )
+
+
+def export_torchscript(model: LoadedModel, out: Path, batch: dict[str, torch.Tensor]) -> None:
+    wrapper = TensorInputs(model.module.network, list(batch)).eval()
+    traced = torch.jit.trace(wrapper, tuple(batch.values()), strict=False, check_trace=False)
+    torch.jit.save(traced, str(out / FILE_NAMES["torchscript"]))
+
+
+def save_preprocessing(model: LoadedModel, out: Path) -> None:
+    """What a user of an onnx/torchscript file needs to feed it."""
+    if model.modality == "text":
+        model.processor.save_pretrained(out)
+    else:
+        (out / "preprocessing.json").write_text(json.dumps(asdict(model.processor), indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- load back and compare
+
+
+def exported_logits(fmt: str, out: Path, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of the exported model, run by its own runtime where there is one."""
+    if fmt == "hf":
+        from transformers import AutoModelForSequenceClassification
+
+        hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+        with torch.inference_mode():
+            return hf(**batch).logits.float()
+    if fmt == "onnx":
+        import onnxruntime as ort  # the reference runtime for ONNX files
+
+        session = ort.InferenceSession(str(out / FILE_NAMES["onnx"]), providers=["CPUExecutionProvider"])
+        wanted = {i.name for i in session.get_inputs()}
+        feeds = {k: v.numpy() for k, v in batch.items() if k in wanted}
+        return torch.from_numpy(session.run(["logits"], feeds)[0]).float()
+    traced = torch.jit.load(str(out / FILE_NAMES["torchscript"]))
+    with torch.inference_mode():
+        return traced(*batch.values()).float()
+
+
+def checkpoint_logits(model: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.module(batch).float()
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Write the export; return what export.json records."""
+    fmt = str(cfg.format)
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r}; valid: {', '.join(FORMATS)}")
+    out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(cfg.paths.output_dir) / fmt
+    ensure_writable_dir(out, "out")
+    model = load_model(cfg.ckpt_path)
+    if fmt == "hf" and model.run_cfg.model.family != "hf":
+        raise ConfigError(
+            f"format=hf needs a transformers text model; this checkpoint is {model.run_cfg.model.name} "
+            "(use format=onnx or format=torchscript)"
+        )
+    batch = sample_batch(model)
+    if fmt == "hf":
+        export_hf(model, out)
+    else:
+        if fmt == "onnx":
+            export_onnx(model, out, batch, int(cfg.opset))
+        else:
+            export_torchscript(model, out, batch)
+        save_preprocessing(model, out)
+    info: dict[str, Any] = {
+        "format": fmt,
+        "ckpt_path": str(Path(cfg.ckpt_path).expanduser().resolve()),
+        "model": str(model.run_cfg.model.name),
+        "modality": model.modality,
+        "label_names": model.label_names,
+        "input_names": list(batch),
+    }
+    if cfg.check:
+        # Another batch shape than the one traced/exported: dynamic axes must really be dynamic.
+        check = sample_batch(model, n=3)
+        diff = (exported_logits(fmt, out, check) - checkpoint_logits(model, check)).abs().max().item()
+        info["check_max_abs_diff"] = diff
+        if not diff <= float(cfg.atol):
+            raise ConfigError(f"the {fmt} export's logits differ from the checkpoint's by {diff:.3g} > atol={cfg.atol}")
+    (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"ftlab: {fmt} export -> {out}  (max |logit diff| {info.get('check_max_abs_diff', 'not checked')})",
+          file=sys.stderr, flush=True)
+    return info
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Predict, export and ensemble on tiny checkpoints trained once for the module, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import QUIET, ROOT, read_metrics, run_cli
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def train(run_dir: Path, *args: str) -> Path:
+    proc = run_cli("src.train", *args, "trainer.precision=32-true", f"hydra.run.dir={run_dir}", *QUIET)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("predict_export")
+
+
+@pytest.fixture(scope="module")
+def text_data(tiny_text_data, workdir) -> Path:
+    """A private copy of the tiny text data: a test moves it away to show predict needs none."""
+    return Path(shutil.copytree(tiny_text_data, workdir / "text_data"))
+
+
+def text_run_args(tiny_bert: Path, data: Path, workdir: Path, seed: int) -> list[str]:
+    return [
+        "task=text_csv",
+        f"model.pretrained={tiny_bert}",
+        f"data.train_file={data / 'train.csv'}",
+        f"data.test_file={data / 'test.csv'}",
+        "data.label_names=[neg,pos]",
+        "data.val_fraction=0.25",
+        "data.batch_size=8",
+        "optimizer.lr=3e-3",
+        "trainer.max_epochs=2",
+        f"seed={seed}",
+        f"paths.cache_dir={workdir / 'cache'}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def text_run(tiny_bert, text_data, workdir) -> Path:
+    return train(workdir / "text_run", *text_run_args(tiny_bert, text_data, workdir, seed=42))
+
+
+@pytest.fixture(scope="module")
+def text_ckpt(text_run) -> Path:
+    return Path(read_metrics(text_run)["best_ckpt_path"])
+
+
+@pytest.fixture(scope="module")
+def image_ckpt(tiny_images, workdir) -> Path:
+    run_dir = train(
+        workdir / "image_run",
+        "task=image_folder",
+        "model=resnet18",
+        "model.weights=null",
+        "model.image_size=32",
+        f"data.root={tiny_images}",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+    )
+    return Path(read_metrics(run_dir)["best_ckpt_path"])
+
+
+def checkpoint_probs(ckpt: Path, texts: list[str]) -> torch.Tensor:
+    """Reference probabilities: the checkpoint's module run in this process."""
+    from src.predict import load_model, text_batches
+
+    model = load_model(ckpt)
+    batch = next(text_batches(model.processor, texts, None, 128, len(texts)))
+    with torch.inference_mode():
+        return torch.softmax(model.module(batch), dim=-1)
+
+
+def compose_entry(config_name: str, *overrides: str):
+    """An entry point's real config, composed as its CLI would, for an in-process call."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def test_predict_text_file_without_training_data(text_run, text_ckpt, text_data, workdir) -> None:
+    test_csv = workdir / "to_label.csv"
+    shutil.copy(text_data / "test.csv", test_csv)
+    out = workdir / "pred" / "text.csv"
+    moved = text_data.with_name("text_data_gone")
+    text_data.rename(moved)  # no training data anywhere: predict must not need it
+    try:
+        proc = run_cli("src.predict", f"ckpt_path={text_ckpt}", f"input={test_csv}", f"out={out}",
+                       "batch_size=16", f"hydra.run.dir={workdir / 'pred_run'}")
+    finally:
+        moved.rename(text_data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(out)
+    truth = read_csv(test_csv)
+    assert list(rows[0]) == ["input", "predicted", "prob_neg", "prob_pos"]
+    assert [r["input"] for r in rows] == [t["text"] for t in truth]
+    for r in rows:
+        assert float(r["prob_neg"]) + float(r["prob_pos"]) == pytest.approx(1.0, abs=1e-5)
+        assert r["predicted"] == ("pos" if float(r["prob_pos"]) > 0.5 else "neg")
+    # Label names come from the checkpoint; the accuracy is the one the run measured on test.csv.
+    acc = sum(r["predicted"] == ["neg", "pos"][int(t["label"])] for r, t in zip(rows, truth, strict=True)) / len(rows)
+    assert acc == pytest.approx(read_metrics(text_run)["test/acc"], abs=1e-6)
+
+
+def test_predict_sentences_in_process_match_checkpoint(text_ckpt, workdir) -> None:
+    from src.predict import predict
+
+    sentences = ["the film was really superb", "a dull and boring plot"]
+    out = workdir / "pred_list"  # a folder: the CSV goes inside it
+    path = predict(compose_entry("predict", f"ckpt_path={text_ckpt}", "input=[" + ",".join(f"'{t}'" for t in sentences) + "]", f"out={out}"))
+    assert path == out / "predictions.csv"
+    rows = read_csv(path)
+    assert [r["input"] for r in rows] == sentences
+    expected = checkpoint_probs(text_ckpt, sentences)
+    for row, ref in zip(rows, expected, strict=True):
+        assert float(row["prob_pos"]) == pytest.approx(float(ref[1]), abs=1e-5)
+
+
+def test_predict_image_folder_and_file(image_ckpt, tiny_images, workdir) -> None:
+    from src.predict import predict
+
+    rows = read_csv(predict(compose_entry("predict", f"ckpt_path={image_ckpt}", f"input={tiny_images}",
+                                          "batch_size=7", f"out={workdir / 'images.csv'}")))
+    images = sorted(p for p in tiny_images.rglob("*") if p.is_file())
+    assert [Path(r["input"]) for r in rows] == images  # the GIF included, order kept
+    assert list(rows[0])[1:] == ["predicted", "prob_blue", "prob_red"]
+    assert all(r["predicted"] in ("blue", "red") for r in rows)
+
+    one = images[3]
+    (row,) = read_csv(predict(compose_entry("predict", f"ckpt_path={image_ckpt}", f"input={one}",
+                                            f"out={workdir / 'one.csv'}")))
+    same = next(r for r in rows if Path(r["input"]) == one)
+    assert float(row["prob_red"]) == pytest.approx(float(same["prob_red"]), abs=1e-5)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_in_process(ckpt: Path, fmt: str, out: Path) -> dict:
+    """The export entry point with its real config, without a subprocess per format."""
+    from src.export import export
+
+    return export(compose_entry("export", f"ckpt_path={ckpt}", f"format={fmt}", f"out={out}"))
+
+
+def test_export_hf_loads_in_transformers_pipeline(text_ckpt, workdir) -> None:
+    out = workdir / "hf"
+    proc = run_cli("src.export", f"ckpt_path={text_ckpt}", "format=hf", f"out={out}",
+                   f"hydra.run.dir={workdir / 'export_run'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import pipeline
+
+    sentences = ["the film was awful", "a lovely and fun story", "the plot was dull and boring"]
+    classify = pipeline("text-classification", model=str(out), top_k=None, device="cpu")
+    expected = checkpoint_probs(text_ckpt, sentences)
+    for scores, ref in zip(classify(sentences), expected, strict=True):
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert set(by_label) == {"neg", "pos"}  # id2label from the checkpoint's label names
+        assert by_label["neg"] == pytest.approx(float(ref[0]), abs=1e-5)
+        assert by_label["pos"] == pytest.approx(float(ref[1]), abs=1e-5)
+
+
+def test_export_hf_refuses_an_image_model(image_ckpt, workdir) -> None:
+    from src.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="format=hf needs a transformers text model"):
+        export_in_process(image_ckpt, "hf", workdir / "hf_img")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_export_gives_checkpoint_logits(fmt, modality, text_ckpt, image_ckpt, workdir) -> None:
+    import onnxruntime as ort
+
+    from src.export import FILE_NAMES
+    from src.predict import load_model
+
+    ckpt = text_ckpt if modality == "text" else image_ckpt
+    out = workdir / f"{fmt}_{modality}"
+    info = export_in_process(ckpt, fmt, out)
+    assert info["check_max_abs_diff"] <= 1e-4
+    # An independent check, on inputs of another batch size and length than the export's sample.
+    model = load_model(ckpt)
+    if modality == "text":
+        texts = ["good", "the movie was cold and grim and really very weak", "fun", "a warm plot"]
+        batch = dict(model.processor(texts, padding=True, return_tensors="pt"))
+    else:
+        batch = {"pixel_values": torch.randn(5, 3, 32, 32)}
+    with torch.inference_mode():
+        expected = model.module(batch)
+    if fmt == "onnx":
+        session = ort.InferenceSession(str(out / FILE_NAMES["onnx"]), providers=["CPUExecutionProvider"])
+        feeds = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
+        got = torch.from_numpy(session.run(None, feeds)[0])
+    else:
+        traced = torch.jit.load(str(out / FILE_NAMES["torchscript"]))
+        with torch.inference_mode():
+            got = traced(*(batch[name] for name in info["input_names"]))
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert json.loads((out / "export.json").read_text())["label_names"] == model.label_names
+    if modality == "text":
+        assert (out / "tokenizer.json").is_file()
+    else:
+        assert json.loads((out / "preprocessing.json").read_text())["crop_size"] == 32
+
+
+# --------------------------------------------------------------------------- ensemble
+
+
+def test_ensemble_averages_member_probabilities(text_run, text_ckpt, tiny_bert, text_data, workdir) -> None:
+    second = train(workdir / "text_run_seed7", *text_run_args(tiny_bert, text_data, workdir, seed=7))
+    last = text_run / "checkpoints" / "last.ckpt"
+    out_dir = workdir / "ensemble"
+    glob = text_run / "checkpoints" / "epoch*.ckpt"  # matches the best checkpoint only
+    proc = run_cli("src.ensemble", f"ckpt_paths=[{last}]", f"run_dirs=[{second}]", f"ckpt_glob='{glob}'",
+                   f"hydra.run.dir={out_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["n_members"] == 3
+    # Each member scores what its own training run measured on the same test file.
+    first_run = read_metrics(text_run)
+    assert metrics["member2/ckpt_path"] == str(text_ckpt.resolve())  # found by the glob
+    assert metrics["member2/test/acc"] == pytest.approx(first_run["test/acc"], abs=1e-6)
+    assert metrics["member2/test/loss"] == pytest.approx(first_run["test/loss"], rel=1e-4)
+    assert metrics["member1/test/acc"] == pytest.approx(read_metrics(second)["test/acc"], abs=1e-6)
+    # The ensemble's probabilities are the members' mean, example by example.
+    texts = [r["text"] for r in read_csv(text_data / "test.csv")]
+    members = [last, Path(read_metrics(second)["best_ckpt_path"]), text_ckpt]
+    mean = torch.stack([checkpoint_probs(c, texts) for c in members]).mean(0)
+    rows = read_csv(out_dir / "predictions.csv")
+    got = torch.tensor([[float(r["prob_neg"]), float(r["prob_pos"])] for r in rows])
+    torch.testing.assert_close(got, mean, atol=1e-5, rtol=0)
+    labels = torch.tensor([["neg", "pos"].index(r["label"]) for r in rows])
+    assert metrics["ensemble/test/acc"] == pytest.approx(float((mean.argmax(1) == labels).float().mean()))
+    for key in ("ensemble/test/f1", "member1/test/f1", "members_mean/test/acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+
+
+def test_ensemble_rejects_members_of_another_task(text_ckpt, image_ckpt, workdir) -> None:
+    from src.ensemble import ensemble
+    from src.errors import ConfigError
+
+    cfg = compose_entry("ensemble", f"ckpt_paths=[{text_ckpt},{image_ckpt}]", f"paths.output_dir={workdir / 'ens_bad'}")
+    with pytest.raises(ConfigError, match="has classes"):
+        ensemble(cfg)
