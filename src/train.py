@@ -34,6 +34,7 @@ from src.run import (
     resolve_precision,
     write_json_atomic,
 )
+from src.sweep.trial import sweep_callbacks
 from src.tuning import maybe_find_lr
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, module = build_data_and_module(cfg)
 
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
-    trainer = build_trainer(cfg, extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune"))])
+    trainer = build_trainer(cfg, extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune")), *sweep_callbacks(cfg)])
     maybe_find_lr(cfg, trainer, module, datamodule, resuming=ckpt_path is not None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 

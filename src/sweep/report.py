@@ -1,0 +1,170 @@
+"""A study's report: optimization_results.yaml, trials.csv and Optuna's plots (matplotlib PNG).
+
+Written by the sweeper after every trial (plots throttled) and at the end; rebuilt for any study
+with `python -m src.sweep_report STORAGE STUDY [OUT_DIR]`. Every file is written to a temporary
+name and renamed, so a reader (or a second sweep command writing the same report) never sees half.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from src.sweep.study import retry_of
+
+log = logging.getLogger(__name__)
+
+PLOTS: dict[str, str] = {
+    "optimization_history": "plot_optimization_history",
+    "param_importances": "plot_param_importances",
+    "parallel_coordinate": "plot_parallel_coordinate",
+    "intermediate_values": "plot_intermediate_values",
+    "timeline": "plot_timeline",
+}
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One flat row per trial: number, state, value, params, duration, epochs reported, run dir."""
+    trials = study.get_trials(deepcopy=False)
+    param_names = sorted({k for t in trials for k in t.params})
+    replaced = {n: t.number for t in trials for n in retry_of(t)}
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                **{f"params.{k}": t.params.get(k) for k in param_names},
+                "duration_s": round(duration, 1) if duration is not None else None,
+                "reported_steps": len(t.intermediate_values),
+                "last_step": t.last_step,
+                "retry_of": (retry_of(t) or [None])[0],
+                "retried_as": replaced.get(t.number),
+                "run_dir": t.user_attrs.get("run_dir"),
+                "error": t.user_attrs.get("error"),
+            }
+        )
+    return rows
+
+
+def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None) -> dict[str, Any]:
+    """What optimization_results.yaml holds."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    best: dict[str, Any] | None = None
+    if completed:
+        b = study.best_trial
+        best = {
+            "number": b.number,
+            "value": b.value,
+            "params": dict(b.params),
+            "run_dir": b.user_attrs.get("run_dir"),
+        }
+    durations = [t.duration.total_seconds() for t in trials if t.duration is not None]
+    return {
+        "study_name": study.study_name,
+        "storage": storage_label,
+        "direction": study.direction.name.lower(),
+        "monitor": study.user_attrs.get("monitor"),
+        "n_trials": n_trials if n_trials is not None else study.user_attrs.get("n_trials"),
+        "best_value": best["value"] if best else None,
+        "best_params": best["params"] if best else None,
+        "best_trial": best,
+        "counts": counts,
+        # Epochs actually trained (one report per validation), what pruning saves.
+        "trial_epochs_total": sum(len(t.intermediate_values) for t in trials),
+        "trial_time_total_s": round(sum(durations), 1),
+    }
+
+
+def write_report(
+    study: optuna.Study,
+    out_dir: Path,
+    storage_label: str = "",
+    n_trials: int | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Write the report into `out_dir`; returns the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = summary(study, storage_label, n_trials)
+    _write_atomic(
+        out_dir / "optimization_results.yaml", yaml.safe_dump(_plain(info), sort_keys=False)
+    )
+    rows = trial_rows(study)
+    buf = io.StringIO()
+    fields = (
+        list(rows[0]) if rows else ["number", "state", "value", "duration_s", "run_dir", "error"]
+    )
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(out_dir / "trials.csv", buf.getvalue())
+    if plots:
+        write_plots(study, out_dir / "plots")
+    return info
+
+
+def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Optuna's matplotlib plots as PNG; a plot the study cannot support yet is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    for name, func_name in PLOTS.items():
+        if name in ("param_importances", "parallel_coordinate") and len(complete) < 2:
+            continue  # importances and coordinates need at least two finished trials
+        plot: Callable[..., Any] = getattr(ovm, func_name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(9, 5.5)
+            fig.tight_layout()
+            tmp = out_dir / f".{name}.tmp{os.getpid()}.png"
+            fig.savefig(tmp, dpi=90)
+            os.replace(tmp, out_dir / f"{name}.png")
+            written.append(out_dir / f"{name}.png")
+        except Exception as e:  # e.g. importances with a single distinct value
+            log.info("plot %s skipped: %s", name, e)
+        finally:
+            plt.close("all")
+    return written
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe: numpy scalars and NaN/inf become plain floats / strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value

@@ -1,0 +1,440 @@
+"""The sweep loop: N workers, each asks the study for a trial and runs it as its own process.
+
+A trial is `python -m src.train <base overrides> <trial params> hydra.run.dir=<sweep dir>/trial_<n>`.
+Separate processes are what make the rest possible: a free worker takes the next trial at once
+(no batches), a trial may itself launch DDP ranks, each worker can be pinned to its own GPUs, and a
+crash, NaN or OOM kills one trial, never the sweep. While a trial runs its worker sends heartbeats,
+so a later sweep command can tell a dead worker's trial from a live one and retry it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from optuna.trial import Trial, TrialState
+
+from src import PROJECT_ROOT
+from src.errors import ConfigError
+from src.sweep import trial as trial_env
+from src.sweep.report import write_report
+from src.sweep.space import SearchSpace, format_value, to_overrides
+from src.sweep.study import (
+    Budget,
+    BudgetLock,
+    budget,
+    fail_stale_trials,
+    mask_url,
+    open_storage,
+    retry_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepSettings:
+    """`hydra.sweeper.*`, resolved (see conf/hparams_search/*.yaml for what each means)."""
+
+    n_trials: int
+    study_name: str
+    storage: str  # an RDB URL
+    direction: str
+    monitor: str
+    n_workers: int = 1
+    sampler: Mapping[str, Any] | None = None
+    pruner: Mapping[str, Any] | None = None
+    heartbeat_interval: int = 30
+    grace_period: int | None = None
+    max_retry: int = 3
+    devices_per_worker: int | None = None
+    report_interval_s: float = 60.0
+    poll_interval_s: float = 2.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError(
+                f"hydra.sweeper.n_trials={self.n_trials} is invalid: must be an int >= 1"
+            )
+        if self.n_workers < 1:
+            raise ConfigError(
+                f"hydra.sweeper.n_workers={self.n_workers} is invalid: must be an int >= 1"
+            )
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.direction!r} is invalid: choose maximize or minimize"
+            )
+        if self.heartbeat_interval < 1:
+            raise ConfigError(
+                f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval} is invalid: must be an int >= 1 (seconds)"
+            )
+
+
+def gpu_assignment(
+    visible: Sequence[str], n_workers: int, per_worker: int | None
+) -> list[list[str]]:
+    """The GPUs each worker pins its trials to (`CUDA_VISIBLE_DEVICES`); empty lists without GPUs."""
+    if not visible:
+        return [[] for _ in range(n_workers)]
+    per = per_worker or max(1, len(visible) // n_workers)
+    # More workers than GPUs: they share round-robin rather than refuse to start.
+    return [[visible[(i * per + j) % len(visible)] for j in range(per)] for i in range(n_workers)]
+
+
+def visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+def last_error_line(log_file: Path, returncode: int) -> str:
+    """The one line that says why a trial process failed: ftlab's `error:` line, else the exception."""
+    try:
+        lines = [
+            ln.strip()
+            for ln in log_file.read_text(errors="replace").splitlines()[-400:]
+            if ln.strip()
+        ]
+    except OSError:
+        lines = []
+    for ln in reversed(lines):
+        if ln.startswith("error: "):
+            return ln[len("error: ") :]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
+            return ln
+    return f"trial process exited with status {returncode}" + (
+        f" (signal {-returncode})" if returncode < 0 else ""
+    )
+
+
+class Sweep:
+    """One sweep command: its workers, its trial processes, its report."""
+
+    def __init__(
+        self,
+        settings: SweepSettings,
+        space: SearchSpace,
+        base_overrides: Sequence[str],
+        sweep_dir: Path,
+    ) -> None:
+        settings.check()
+        if not space:
+            raise ConfigError(
+                "hydra.sweeper.params is empty: nothing to search (see conf/hparams_search/)"
+            )
+        self.s = settings
+        self.space = dict(space)
+        self.base_overrides = list(base_overrides)
+        self.sweep_dir = sweep_dir
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = BudgetLock(settings.storage, settings.study_name)
+        # Under the lock: two commands creating a new database at once would race on its tables.
+        with self.lock.hold():
+            self.storage = open_storage(
+                settings.storage,
+                settings.heartbeat_interval,
+                settings.grace_period,
+                settings.max_retry,
+            )
+        self._stop = threading.Event()
+        self._interrupted = False
+        self._done = False
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._report_lock = threading.Lock()
+        self._last_plots = 0.0
+        self.study = self._open_study()
+
+    # -- the study -------------------------------------------------------------------------------
+    def _open_study(self) -> optuna.Study:
+        with self.lock.hold():
+            study = optuna.create_study(
+                storage=self.storage,
+                study_name=self.s.study_name,
+                direction=self.s.direction,
+                load_if_exists=True,
+            )
+            if study.direction.name.lower() != self.s.direction:
+                raise ConfigError(
+                    f"study {self.s.study_name!r} in {mask_url(self.s.storage)} was created to {study.direction.name.lower()}, not {self.s.direction}: use another hydra.sweeper.study_name"
+                )
+            # Each sweep command gets its own sampler seed (seed + k for the k-th command on this
+            # study): one command alone is reproducible, two at once do not draw the same trials.
+            k = int(study.user_attrs.get("ftlab_sweep_commands", 0))
+            study.set_user_attr("ftlab_sweep_commands", k + 1)
+            study.set_user_attr("monitor", self.s.monitor)
+            study.set_user_attr("n_trials", self.s.n_trials)
+        study.sampler = self._sampler(k)
+        study.pruner = trial_env.build_pruner(dict(self.s.pruner) if self.s.pruner else None)
+        return study
+
+    def _sampler(self, command_index: int) -> optuna.samplers.BaseSampler:
+        spec = dict(self.s.sampler or {"_target_": "optuna.samplers.TPESampler", "seed": 42})
+        if spec.get("seed") is not None:
+            spec["seed"] = int(spec["seed"]) + command_index
+        sampler = instantiate(spec)
+        if not isinstance(sampler, optuna.samplers.BaseSampler):
+            raise ConfigError(
+                f"hydra.sweeper.sampler: {spec.get('_target_')} is not an optuna sampler"
+            )
+        return sampler
+
+    def _next_trial(self) -> Trial | None:
+        """Start the next trial if the budget allows, atomically with respect to every other worker."""
+        with self.lock.hold():
+            fail_stale_trials(self.study)
+            b: Budget = budget(self.study)
+            if b.finished >= self.s.n_trials:
+                self._done = True
+                return None
+            if b.waiting == 0 and b.used >= self.s.n_trials:
+                return None  # the rest is running elsewhere; wait in case a worker dies
+            # WAITING trials (retries of dead workers' trials) come first and keep their params.
+            trial = self.study.ask(fixed_distributions=self.space)
+            # A heartbeat at once: a trial without any would never be seen as stale.
+            self.storage.record_heartbeat(trial._trial_id)
+            return trial
+
+    # -- workers ---------------------------------------------------------------------------------
+    def run(self) -> optuna.Study:
+        """Run workers until the study has `n_trials` finished trials; write the report."""
+        b = budget(self.study)
+        log.info(
+            "study %r in %s: %d of %d trials finished; %d worker(s); sweep dir %s",
+            self.s.study_name,
+            mask_url(self.s.storage),
+            b.finished,
+            self.s.n_trials,
+            self.s.n_workers,
+            self.sweep_dir,
+        )
+        gpus = gpu_assignment(visible_gpus(), self.s.n_workers, self.s.devices_per_worker)
+        workers = [
+            threading.Thread(
+                target=self._worker, args=(i, gpus[i]), name=f"sweep-worker-{i}", daemon=True
+            )
+            for i in range(self.s.n_workers)
+        ]
+        previous = signal.getsignal(signal.SIGTERM)
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            for w in workers:
+                w.start()
+            while any(w.is_alive() for w in workers):
+                for w in workers:
+                    w.join(timeout=0.5)
+        except KeyboardInterrupt:
+            log.warning(
+                "sweep interrupted: stopping trial processes; their trials are re-queued for the next run"
+            )
+            self._interrupted = True
+            self._stop.set()
+            for proc in list(self._procs.values()):
+                _kill_group(proc)
+            for w in workers:
+                w.join(timeout=60)
+            self.report(plots=True)
+            raise
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
+        self.report(plots=True)
+        return self.study
+
+    def _worker(self, slot: int, gpus: list[str]) -> None:
+        while not self._stop.is_set():
+            try:
+                trial = self._next_trial()
+            except Exception:  # a storage hiccup must not end the worker silently
+                log.exception("worker %d: could not get a trial; retrying", slot)
+                self._stop.wait(self.s.poll_interval_s * 5)
+                continue
+            if trial is None:
+                if self._done:
+                    return
+                self._stop.wait(self.s.poll_interval_s)
+                continue
+            try:
+                self._run_trial(trial, gpus)
+            except Exception:
+                log.exception("worker %d: trial %d could not be run", slot, trial.number)
+                _tell_safely(self.study, trial, TrialState.FAIL)
+
+    def _trial_env(self, trial: Trial, gpus: list[str]) -> dict[str, str]:
+        env = {**os.environ, **self.s.extra_env}
+        env.update(
+            {
+                trial_env.ENV_STORAGE: self.s.storage,
+                trial_env.ENV_STUDY: self.s.study_name,
+                trial_env.ENV_TRIAL_ID: str(trial._trial_id),
+                trial_env.ENV_TRIAL_NUMBER: str(trial.number),
+                trial_env.ENV_PRUNER: json.dumps(dict(self.s.pruner) if self.s.pruner else None),
+                trial_env.ENV_PARENT_PID: str(os.getpid()),
+                "HYDRA_FULL_ERROR": "0",
+            }
+        )
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        elif self.s.n_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+            # N CPU trials at once: split the cores instead of N x all cores fighting.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.s.n_workers))
+        return env
+
+    def _run_trial(self, trial: Trial, gpus: list[str]) -> None:
+        trial_dir = self.sweep_dir / f"trial_{trial.number}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / trial_env.PRUNED_MARKER).unlink(missing_ok=True)
+        (trial_dir / "metrics.json").unlink(missing_ok=True)
+        trial.set_user_attr("run_dir", str(trial_dir))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("sweep_pid", os.getpid())
+        if trial.user_attrs.get("error"):
+            trial.set_user_attr("error", None)  # copied from the trial this one retries
+        cmd = [
+            sys.executable,
+            "-m",
+            "src.train",
+            *self.base_overrides,
+            *to_overrides(trial.params),
+            "hydra.mode=RUN",
+            f"hydra.run.dir={format_value(str(trial_dir))}",
+        ]
+        retried = retry_of(self.storage.get_trial(trial._trial_id))
+        log.info(
+            "trial %d%s started: %s%s",
+            trial.number,
+            f" (retry of {retried[0]})" if retried else "",
+            " ".join(to_overrides(trial.params)),
+            f" on GPU {','.join(gpus)}" if gpus else "",
+        )
+        log_file = trial_dir / "trial.log"
+        with open(log_file, "w") as out:
+            out.write(" ".join(cmd) + "\n")
+            out.flush()
+            proc = subprocess.Popen(
+                cmd,
+                cwd=PROJECT_ROOT,
+                env=self._trial_env(trial, gpus),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self._procs[trial.number] = proc
+            try:
+                while True:
+                    try:
+                        returncode = proc.wait(timeout=self.s.heartbeat_interval)
+                        break
+                    except subprocess.TimeoutExpired:
+                        try:
+                            self.storage.record_heartbeat(trial._trial_id)
+                        except Exception as e:  # a missed beat is not fatal; grace_period covers it
+                            log.warning("trial %d: heartbeat failed: %s", trial.number, e)
+            finally:
+                self._procs.pop(trial.number, None)
+        self._finish(trial, returncode, trial_dir, log_file)
+
+    def _finish(self, trial: Trial, returncode: int, trial_dir: Path, log_file: Path) -> None:
+        """Record the trial's outcome: COMPLETE (its best monitored value), PRUNED or FAIL."""
+        if self._interrupted:
+            trial.set_user_attr("error", "sweep interrupted")
+            frozen = _tell_safely(self.study, trial, TrialState.FAIL)
+            if frozen is not None:
+                from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+                RetryHeartbeatStaleTrialCallback(max_retry=self.s.max_retry)(self.study, frozen)
+            return
+        state, value, error = TrialState.FAIL, None, None
+        if returncode == 0:
+            metrics = _read_json(trial_dir / "metrics.json")
+            monitored = metrics.get("monitor_value")
+            if (trial_dir / trial_env.PRUNED_MARKER).is_file():
+                state = TrialState.PRUNED
+            elif isinstance(monitored, (int, float)) and math.isfinite(monitored):
+                state, value = TrialState.COMPLETE, float(monitored)
+            else:
+                error = f"no finite {self.s.monitor} in {trial_dir / 'metrics.json'} (got {monitored!r})"
+        else:
+            error = last_error_line(log_file, returncode)
+        if error:
+            trial.set_user_attr("error", error)
+        _tell_safely(self.study, trial, state, value)
+        shown = f"value {value:.4f}" if value is not None else (error or "")
+        log.info("trial %d %s %s (%s)", trial.number, state.name, shown, trial_dir)
+        self.report()
+
+    # -- report ----------------------------------------------------------------------------------
+    def report(self, plots: bool | None = None) -> None:
+        """Refresh the report; plots at most every `report_interval_s` unless asked for."""
+        with self._report_lock:
+            now = time.time()
+            if plots is None:
+                plots = now - self._last_plots >= self.s.report_interval_s
+            try:
+                write_report(
+                    self.study,
+                    self.sweep_dir,
+                    storage_label=mask_url(self.s.storage),
+                    n_trials=self.s.n_trials,
+                    plots=plots,
+                )
+                if plots:
+                    self._last_plots = now
+            except Exception:
+                log.exception("could not write the sweep report")
+
+
+def _tell_safely(study: optuna.Study, trial: Trial, state: TrialState, value: float | None = None):
+    """`study.tell`, tolerating a trial another process already finished (e.g. failed as stale)."""
+    try:
+        return study.tell(
+            trial,
+            value if state == TrialState.COMPLETE else None,
+            state=state,
+            skip_if_finished=True,
+        )
+    except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
+        log.warning("trial %d: could not record %s: %s", trial.number, state.name, e)
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """The trial process and whatever it started (DDP ranks): they share its process group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

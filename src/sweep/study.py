@@ -1,0 +1,207 @@
+"""The study and its storage: URLs, heartbeats, the trial budget shared by every sweep command.
+
+Why SQLite (not Optuna's journal file) is the default: only RDB storages have heartbeats, and the
+heartbeat is what lets a re-run find the trials of a dead worker and retry them
+(`fail_stale_trials` + `RetryHeartbeatStaleTrialCallback`). The write rate is low (one report per
+trial epoch), which SQLite with a busy timeout handles across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from src.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# SQLite waits this long for a lock held by another process before failing.
+SQLITE_TIMEOUT_S = 120
+
+
+def storage_url(storage: str | None, sweep_dir: Path) -> str:
+    """`null` -> SQLite file in the sweep dir; a plain path -> SQLite; an RDB URL as is."""
+    if not storage:
+        return f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+    if "://" not in storage:
+        return f"sqlite:///{Path(storage).expanduser().resolve()}"
+    if storage.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; ftlab installs psycopg 3.
+        return "postgresql+psycopg://" + storage[len("postgresql://") :]
+    return storage
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for logs and reports."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = 3,
+) -> RDBStorage:
+    """An RDB storage; with a heartbeat, stale RUNNING trials are failed and retried up to `max_retry`."""
+    if url.split(":", 1)[0].split("+")[0] not in (
+        "sqlite",
+        "postgresql",
+        "mysql",
+        "oracle",
+        "mssql",
+    ):
+        raise ConfigError(
+            f"hydra.sweeper.storage={mask_url(url)!r}: use a SQLite path or an RDB URL (postgresql://, mysql://)"
+        )
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        if url.startswith("sqlite")
+        else {"pool_pre_ping": True}
+    )
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        kwargs = {
+            "heartbeat_interval": int(heartbeat_interval),
+            "grace_period": int(grace_period) if grace_period else None,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        }
+    with _quiet_experimental():
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except Exception as e:  # bad host, password, missing driver: one line, password masked
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(
+                f"hydra.sweeper.storage={mask_url(url)!r} cannot be opened: {message.replace(url, mask_url(url))}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """RUNNING trials whose worker stopped sending heartbeats -> FAIL, re-queued as WAITING copies."""
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+
+
+def retry_of(trial: FrozenTrial) -> list[int]:
+    """Numbers of the trials this one retries (oldest first); empty for a fresh trial."""
+    with _quiet_experimental():
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+
+
+@dataclass
+class Budget:
+    """Where the study stands against its `n_trials` target."""
+
+    finished: int  # COMPLETE + PRUNED + FAILED that no retry replaced
+    running: int
+    waiting: int  # queued retries of dead workers' trials
+
+    @property
+    def used(self) -> int:
+        return self.finished + self.running + self.waiting
+
+
+def budget(study: optuna.Study) -> Budget:
+    trials = study.get_trials(deepcopy=False)
+    replaced = {n for t in trials for n in retry_of(t)}
+    finished = sum(
+        1
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and t.number not in replaced)
+    )
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return Budget(finished, running, waiting)
+
+
+class BudgetLock:
+    """Serialises "count the trials, then ask for one" across threads, processes and machines.
+
+    Without it, two sweep commands that both see `n_trials - 1` trials would both start one and
+    overshoot the target. SQLite: a file lock beside the database; PostgreSQL: an advisory lock;
+    MySQL: GET_LOCK. Other storages get only the in-process lock (a warning says so).
+    """
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.url, self.study_name = url, study_name
+        self._thread_lock = threading.Lock()
+        self._key = int.from_bytes(
+            hashlib.sha256(f"ftlab-sweep:{study_name}".encode()).digest()[:8], "big", signed=True
+        )
+        self._engine = None
+        dialect = url.split(":", 1)[0].split("+")[0]
+        self._kind = dialect if dialect in ("sqlite", "postgresql", "mysql") else "none"
+        if self._kind == "none":
+            log.warning(
+                "no cross-process lock for %s storage: concurrent sweep commands may overshoot n_trials",
+                dialect,
+            )
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._kind == "sqlite":
+                lock_path = Path(self.url[len("sqlite:///") :] + ".lock")
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(lock_path, "a") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(f, fcntl.LOCK_UN)
+            elif self._kind in ("postgresql", "mysql"):
+                with self._sql_lock():
+                    yield
+            else:
+                yield
+
+    @contextlib.contextmanager
+    def _sql_lock(self) -> Iterator[None]:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.url, poolclass=NullPool)
+        with self._engine.connect() as conn:
+            if self._kind == "postgresql":
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+                unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
+            else:
+                conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": str(self._key)})
+                unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:k)")
+            try:
+                yield
+            finally:
+                conn.execute(
+                    unlock, {"k": self._key if self._kind == "postgresql" else str(self._key)}
+                )
+                conn.commit()

@@ -1,0 +1,177 @@
+"""The trial's side, inside `python -m src.train`: report each validation to the study, obey the pruner.
+
+The sweeper starts each trial as its own process and tells it where its study lives through
+environment variables; `sweep_callbacks(cfg)` (called from src/train.py) returns nothing when they
+are absent, so ordinary runs are untouched.
+
+Why not `optuna_integration.PyTorchLightningPruningCallback`: it raises `TrialPruned` out of
+`trainer.fit` (our train() would die before writing metrics.json), and under DDP it needs RDB
+storage plus a `check_pruned()` call after fit. Here rank 0 reports and asks the pruner, the
+decision is broadcast to every rank, training stops cleanly, and a marker file tells the sweeper
+to record the trial PRUNED (the sweeper owns every trial's final state).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from src.errors import FtlabError
+
+log = logging.getLogger(__name__)
+
+# Set by the sweeper for each trial process.
+ENV_STORAGE = "FTLAB_SWEEP_STORAGE"
+ENV_STUDY = "FTLAB_SWEEP_STUDY"
+ENV_TRIAL_ID = "FTLAB_SWEEP_TRIAL_ID"
+ENV_TRIAL_NUMBER = "FTLAB_SWEEP_TRIAL_NUMBER"
+ENV_PRUNER = "FTLAB_SWEEP_PRUNER"  # JSON: the pruner's config ({"_target_": ..., ...} or null)
+ENV_PARENT_PID = "FTLAB_SWEEP_PARENT_PID"
+PRUNED_MARKER = "pruned.json"
+
+
+class NonFiniteLossError(FtlabError):
+    """The loss went NaN/inf: the trial diverged."""
+
+
+def sweep_callbacks(cfg: DictConfig) -> list[Callback]:
+    """Callbacks for a sweep trial (pruning report + NaN check); none outside a sweep."""
+    if not os.environ.get(ENV_TRIAL_ID):
+        return []
+    _die_with_sweeper()
+    return [
+        FiniteLossCheck(),
+        TrialReporter(cfg.monitor, Path(cfg.paths.output_dir)),
+    ]
+
+
+def _die_with_sweeper() -> None:
+    """A trial whose sweeper was killed must not train on as an orphan (Linux: parent-death signal)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    # DDP ranks > 0 are children of rank 0, not of the sweeper; the signal above covers them.
+    parent = os.environ.get(ENV_PARENT_PID)
+    is_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+    if is_rank_zero and parent and os.getppid() != int(parent):
+        raise FtlabError(
+            "the sweeper that started this trial is gone; not training an orphan trial"
+        )
+
+
+class FiniteLossCheck(Callback):
+    """Fail the run when the training loss stops being finite.
+
+    Looks at the loss every `every_n_steps` steps only (each look is a device->host sync), and at
+    every validation at `val/loss`, which Lightning has already synced.
+    """
+
+    def __init__(self, every_n_steps: int = 25) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"train/loss is {float(loss)} at epoch {trainer.current_epoch} step {trainer.global_step}: the run diverged (try a lower optimizer.lr)"
+            )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and value is not None and not math.isfinite(float(value)):
+            raise NonFiniteLossError(
+                f"val/loss is {float(value)} after epoch {trainer.current_epoch}: the run diverged (try a lower optimizer.lr)"
+            )
+
+
+class TrialReporter(Callback):
+    """Report `monitor` after every validation to the Optuna trial; stop when the pruner says so."""
+
+    def __init__(self, monitor: str, run_dir: Path) -> None:
+        self.monitor, self.run_dir = monitor, run_dir
+        self.step = 0
+        self.pruned_at: int | None = None
+        self._trial = None
+
+    def _optuna_trial(self):
+        """The trial, loaded on rank 0 only (other ranks never touch the storage)."""
+        if self._trial is None:
+            import optuna
+
+            from src.sweep.study import open_storage
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            spec = json.loads(os.environ.get(ENV_PRUNER) or "null")
+            pruner = build_pruner(spec)
+            storage = open_storage(os.environ[ENV_STORAGE])
+            # The sampler is never used here; RandomSampler keeps Trial() from fitting a TPE model.
+            study = optuna.load_study(
+                study_name=os.environ[ENV_STUDY],
+                storage=storage,
+                pruner=pruner,
+                sampler=optuna.samplers.RandomSampler(),
+            )
+            self._trial = optuna.trial.Trial(study, int(os.environ[ENV_TRIAL_ID]))
+        return self._trial
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None and math.isfinite(float(value)):
+                trial = self._optuna_trial()
+                trial.report(float(value), self.step)
+                prune = trial.should_prune()
+        # Every rank must take the same decision, or the others would wait forever in a collective.
+        prune = bool(trainer.strategy.broadcast(prune, src=0))
+        if prune:
+            self.pruned_at = self.step
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                log.info(
+                    "trial pruned after validation %d (%s=%s)",
+                    self.step,
+                    self.monitor,
+                    trainer.callback_metrics.get(self.monitor),
+                )
+                (self.run_dir / PRUNED_MARKER).write_text(
+                    json.dumps({"step": self.step, "epoch": trainer.current_epoch}) + "\n"
+                )
+        self.step += 1
+
+
+def build_pruner(spec: dict[str, Any] | None):
+    """A pruner from its config: `{_target_: optuna.pruners.MedianPruner, ...}`; null -> NopPruner."""
+    import optuna
+    from hydra.utils import instantiate
+
+    if not spec:
+        return optuna.pruners.NopPruner()
+    pruner = instantiate(spec)
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise FtlabError(f"hydra.sweeper.pruner: {spec.get('_target_')} is not an optuna pruner")
+    return pruner

@@ -1,0 +1,456 @@
+"""Optuna sweeps end to end on a tiny BERT: pruning, resume after a kill, shared studies, parallel
+workers, NaN trials, DDP trials and a real PostgreSQL server. Each test runs the CLI as users type it
+(`python -m src.train -m hparams_search=NAME ...`) with a small search config of its own."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from src.sweep.runner import gpu_assignment, last_error_line
+from src.sweep.space import parse_params, split_arguments, to_overrides
+from src.sweep.study import mask_url, retry_of
+from tests.conftest import QUIET, ROOT
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def search_config(
+    folder: Path,
+    name: str,
+    *,
+    n_trials: int,
+    pruner: dict | None = None,
+    sampler: dict | None = None,
+    params: dict | None = None,
+) -> Path:
+    """A search config `hparams_search/<name>.yaml` in `folder` (added with hydra.searchpath)."""
+    sweeper = {
+        "n_trials": n_trials,
+        "study_name": name,
+        "direction": "maximize",
+        "heartbeat_interval": 1,
+        "grace_period": 3,
+        "report_interval_s": 0,
+        "sampler": sampler
+        or {"_target_": "optuna.samplers.TPESampler", "seed": 7, "n_startup_trials": 3},
+        "pruner": pruner,
+        "params": params
+        or {"optimizer.lr": "tag(log, interval(1e-3, 3e-2))", "data.batch_size": "choice(8, 16)"},
+    }
+    cfg = {
+        "defaults": [{"override /hydra/sweeper": "ftlab_optuna"}],
+        "monitor": "val/acc",
+        "mode": "max",
+        "hydra": {"sweeper": sweeper},
+    }
+    path = folder / "hparams_search" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# @package _global_\n" + yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def sweep_cmd(
+    name: str, folder: Path, sweep_dir: Path, tiny_bert: Path, data: Path, *extra: str
+) -> list[str]:
+    """The sweep command line: a tiny BERT on the keyword task, 15 steps an epoch, 4 epochs."""
+    return [
+        sys.executable,
+        "-m",
+        "src.train",
+        "-m",
+        f"hydra.searchpath=[file://{folder}]",
+        f"hparams_search={name}",
+        "task=text_csv",
+        f"model.pretrained={tiny_bert}",
+        f"data.train_file={data / 'train.csv'}",
+        f"data.test_file={data / 'test.csv'}",
+        "data.val_fraction=0.25",
+        "data.batch_size=8",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=4",
+        "scheduler=constant",
+        "trainer.log_every_n_steps=1",
+        f"paths.cache_dir={folder / 'cache'}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *QUIET,
+        *extra,
+    ]
+
+
+def run_sweep(cmd: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def load(sweep_dir: Path, name: str, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(
+        study_name=name, storage=storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    )
+
+
+def read_trials_csv(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+
+def test_search_space_spellings() -> None:
+    space = parse_params(
+        {
+            "optimizer.lr": "tag(log, interval(1e-5, 1e-3))",
+            "trainer.max_epochs": "range(1, 4)",
+            "data.batch_size": "choice(16, 32)",
+            "optimizer.weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+        }
+    )
+    assert space["optimizer.lr"].log and space["optimizer.lr"].low == 1e-5
+    assert (space["trainer.max_epochs"].low, space["trainer.max_epochs"].high) == (
+        1,
+        3,
+    )  # stop excluded
+    assert space["data.batch_size"].choices == (16, 32)
+    assert space["optimizer.weight_decay"].log
+    plain, cli = split_arguments(["seed=3", "scheduler.warmup=choice(0,0.1)"])
+    assert plain == ["seed=3"] and list(cli) == ["scheduler.warmup"]
+    assert to_overrides({"optimizer.lr": 3.2e-05, "x": "a b", "y": None}) == [
+        "optimizer.lr=3.2e-05",
+        "x='a b'",
+        "y=null",
+    ]
+
+
+def test_gpu_assignment_and_masking(tmp_path: Path) -> None:
+    assert gpu_assignment(["0", "1", "2", "3"], 2, None) == [["0", "1"], ["2", "3"]]
+    assert gpu_assignment(["0", "1"], 4, None) == [["0"], ["1"], ["0"], ["1"]]
+    assert gpu_assignment([], 2, None) == [[], []]
+    assert "hunter2" not in mask_url("postgresql+psycopg://me:hunter2@db:5432/optuna")
+    log = tmp_path / "trial.log"
+    log.write_text(
+        "Traceback...\nsrc.sweep.trial.NonFiniteLossError: boom\nerror: val/loss is nan after epoch 0\n"
+    )
+    assert last_error_line(log, 2) == "val/loss is nan after epoch 0"
+
+
+# -- the "done when" list ------------------------------------------------------------------------
+
+
+def test_pruning_sweep_with_two_workers(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """6 trials, 2 at a time, median pruner: some trials are PRUNED; the report is complete."""
+    # lr 1e-6 never leaves chance level, 3e-3 learns the keyword task by epoch 2. The seeded random
+    # sampler draws 3e-3, 1e-6, 3e-3, 3e-3, 1e-6, 1e-6: whichever two trials finish first, one
+    # learned, so the median beats chance at epoch 2 and the later 1e-6 trials are pruned there.
+    pruner = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 0}
+    sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
+    params = {"optimizer.lr": "choice(1e-6, 3e-3)"}
+    search_config(tmp_path, "prune", n_trials=6, pruner=pruner, sampler=sampler, params=params)
+    sweep_dir = tmp_path / "sweep"
+    run_sweep(
+        sweep_cmd(
+            "prune", tmp_path, sweep_dir, tiny_bert, tiny_text_data, "hydra.sweeper.n_workers=2"
+        )
+    )
+
+    study = load(sweep_dir, "prune")
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state in FINISHED for t in trials), [t.state for t in trials]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, [(t.number, t.intermediate_values) for t in trials]
+    for t in pruned:  # recorded with its last reported value, stopped before max_epochs
+        assert t.value == t.intermediate_values[t.last_step]
+        assert t.last_step < 3 and t.params["optimizer.lr"] == 1e-6
+    assert {t.number for t in trials if t.params["optimizer.lr"] == 1e-6} - {1} <= {
+        t.number for t in pruned
+    }
+    for t in trials:  # one report per epoch, from the trial process, through the storage
+        assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
+        assert Path(t.user_attrs["run_dir"]).is_dir()
+        assert list((Path(t.user_attrs["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
+    # n_workers=2: two trial processes ran at the same time
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), spans
+
+    rows = read_trials_csv(sweep_dir)
+    assert [r["state"] for r in rows].count("PRUNED") == len(pruned)
+    assert {
+        "number",
+        "state",
+        "value",
+        "params.optimizer.lr",
+        "duration_s",
+        "run_dir",
+    } <= set(rows[0])
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["best_value"] == study.best_value and results["best_params"] == study.best_params
+    assert results["counts"]["pruned"] == len(pruned) and results["counts"]["complete"] == 6 - len(
+        pruned
+    )
+    plots = {p.name for p in (sweep_dir / "plots").glob("*.png")}
+    assert {
+        "optimization_history.png",
+        "intermediate_values.png",
+        "parallel_coordinate.png",
+        "param_importances.png",
+    } <= plots
+
+    # the report rebuilds from the storage alone
+    from src.sweep_report import main as report_main
+
+    out = tmp_path / "rebuilt"
+    assert report_main([str(sweep_dir / "optuna.db"), "prune", str(out), "--no-plots"]) == 0
+    assert read_trials_csv(out) == rows
+
+
+def test_killed_sweep_resumes_to_exactly_n_trials(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """Kill -9 the sweeper mid-trial; the same command again finishes n_trials, redoing nothing."""
+    search_config(tmp_path, "resume", n_trials=2)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("resume", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    with open(tmp_path / "first.log", "w") as out:
+        first = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        try:
+            while time.time() < deadline and first.poll() is None:
+                if (sweep_dir / "optuna.db").is_file():
+                    trials = load(sweep_dir, "resume").get_trials()
+                    if any(t.state in FINISHED for t in trials) and any(
+                        t.state == TrialState.RUNNING for t in trials
+                    ):
+                        time.sleep(2)  # let the trial process get going
+                        break
+                time.sleep(0.5)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+    before = {t.number: t for t in load(sweep_dir, "resume").get_trials()}
+    killed = [t for t in before.values() if t.state == TrialState.RUNNING]
+    done_before = [t for t in before.values() if t.state in FINISHED]
+    assert killed and done_before, ((tmp_path / "first.log").read_text()[-3000:], before)
+
+    run_sweep(cmd)
+    trials = load(sweep_dir, "resume").get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == 2, [(t.number, t.state) for t in trials]
+    for t in done_before:  # finished trials were kept as they were, not redone
+        again = trials[t.number]
+        assert (again.state, again.value, again.datetime_complete) == (
+            t.state,
+            t.value,
+            t.datetime_complete,
+        )
+    for k in killed:  # the dead worker's trial: FAIL, retried once with the same params
+        assert trials[k.number].state == TrialState.FAIL
+        retries = [t for t in trials if retry_of(t)[:1] == [k.number]]
+        assert len(retries) == 1 and retries[0].state in FINISHED and retries[0].params == k.params
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(params)) == len(params), params  # no trial ran twice
+    assert len({t.user_attrs["run_dir"] for t in finished}) == 2
+
+
+def test_two_sweep_commands_share_one_study_and_survive_a_nan_trial(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """Two commands started together on one SQLite storage finish n_trials between them; the
+    trial whose loss goes NaN (lr 1e30) is FAIL with its error, and both sweeps complete."""
+    grid = {"optimizer.lr": [0.003, 0.01, 1.0e30]}
+    sampler = {"_target_": "optuna.samplers.GridSampler", "search_space": grid}
+    params = {"optimizer.lr": "choice(0.003, 0.01, 1.0e30)"}
+    search_config(tmp_path, "shared", n_trials=3, sampler=sampler, params=params)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("shared", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[-2000:] for o in outputs]
+    trials = load(sweep_dir, "shared").get_trials()
+    _assert_shared(trials, 3, states=(*FINISHED, TrialState.FAIL))
+    by_lr = {t.params["optimizer.lr"]: t for t in trials}
+    assert sorted(by_lr) == sorted(grid["optimizer.lr"])  # each grid point once
+    assert by_lr[0.003].state == by_lr[0.01].state == TrialState.COMPLETE
+    assert by_lr[1e30].state == TrialState.FAIL
+    assert "nan" in by_lr[1e30].user_attrs["error"].lower(), by_lr[1e30].user_attrs
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["counts"]["fail"] == 1 and results["counts"]["complete"] == 2
+    rows = {r["number"]: r for r in read_trials_csv(sweep_dir)}
+    assert "nan" in rows[str(by_lr[1e30].number)]["error"]
+
+
+def _assert_shared(trials: list, n_trials: int, states: tuple = FINISHED) -> None:
+    assert len(trials) == n_trials and all(t.state in states for t in trials), [
+        (t.number, t.state) for t in trials
+    ]
+    assert sorted(t.number for t in trials) == list(range(n_trials))
+    assert len({t.user_attrs["sweep_pid"] for t in trials}) == 2  # both commands ran trials
+
+
+def test_ddp_trial_reports_from_rank_zero_and_prunes(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """A trial with 2 DDP processes (gloo): reports every epoch, and a prune stops every rank."""
+    # val/acc is never above 1.01: the pruner stops the trial at its second report, deterministically.
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01, "n_warmup_steps": 1}
+    search_config(tmp_path, "ddp", n_trials=1, pruner=pruner)
+    sweep_dir = tmp_path / "sweep"
+    run_sweep(
+        sweep_cmd(
+            "ddp",
+            tmp_path,
+            sweep_dir,
+            tiny_bert,
+            tiny_text_data,
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=4",
+        )
+    )
+    (trial,) = load(sweep_dir, "ddp").get_trials()
+    assert trial.state == TrialState.PRUNED, trial.user_attrs
+    assert sorted(trial.intermediate_values) == [0, 1]
+    metrics = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+    assert metrics["epochs"] == 2  # both ranks stopped after the second epoch, none hung
+
+
+# -- many machines: a real PostgreSQL server ------------------------------------------------------
+
+PG_PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "PostgreSQL server binaries missing: .ci/run installs Debian's postgresql package"
+            )
+        pytest.skip("no PostgreSQL server here (apt-get install postgresql); CI installs it")
+    bindir = Path(initdb[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="ftlab-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root: use the package's postgres user
+        shutil.chown(root, "postgres", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    pwfile = root / "pw"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    if prefix:
+        shutil.chown(pwfile, "postgres", "postgres")
+    data = root / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "ftlab",
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c max_connections=50"
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://ftlab:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_two_workers_one_study(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, postgres_url: str
+) -> None:
+    """Two sweep commands, as two machines would run them, share one study in PostgreSQL."""
+    search_config(tmp_path, "pg", n_trials=3)
+    procs = []
+    for machine in ("a", "b"):  # each "machine" has its own sweep dir, only the database is shared
+        cmd = sweep_cmd(
+            "pg",
+            tmp_path,
+            tmp_path / machine,
+            tiny_bert,
+            tiny_text_data,
+            f"hydra.sweeper.storage='{postgres_url}'",
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[-2000:] for o in outputs]
+    _assert_shared(
+        load(
+            tmp_path, "pg", storage=postgres_url.replace("postgresql://", "postgresql+psycopg://")
+        ).get_trials(),
+        3,
+    )
+    for machine, output in zip("ab", outputs, strict=False):
+        assert PG_PASSWORD not in output  # masked in logs
+        results = (tmp_path / machine / "optimization_results.yaml").read_text()
+        assert PG_PASSWORD not in results and "127.0.0.1" in results
