@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import Any
+
+from hydra.experimental.callback import Callback as HydraCallback
 
 
 class FtlabError(Exception):
@@ -29,5 +32,44 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except FtlabError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """The message itself, also when a DataLoader worker re-raised it wrapped in its traceback."""
+    if "Original Traceback" in message:  # torch's ExceptionWrapper: the last line is the error
+        last = message.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if last.startswith("src.errors.") else last
+    return message
+
+
+class CheckOutputDir(HydraCallback):
+    """Hydra callback: an output dir that cannot be created or written fails before the run, as
+    one line (Hydra itself would die creating it, with a traceback)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: Any, key: str) -> None:
+        import os
+        from pathlib import Path
+
+        from omegaconf import OmegaConf
+
+        try:
+            path = Path(str(OmegaConf.select(config, key)))
+        except Exception:  # unresolvable interpolation: Hydra reports it itself
+            return
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".ftlab-write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            print(f"error: {key}={str(path)!r} is not writable: {e.strerror or e}", file=sys.stderr, flush=True)
+            sys.exit(2)

@@ -186,27 +186,46 @@ def print_summary(metrics: dict[str, Any]) -> None:
     print(f"ftlab: {line}", file=sys.stderr, flush=True)
 
 
-class RngStateCheckpoint(Callback):
-    """Saves the global torch / numpy / Python RNG states in every checkpoint; restores them on
-    resume, so dropout and augmentations after a resume draw what an uninterrupted run draws.
+class ExactResume(Callback):
+    """What Lightning does not restore by itself, so that a resumed run continues exactly:
 
-    Lightning does not checkpoint these. They are restored at the first epoch start after the
-    resume: after model building (which consumes randomness) and before the first batch is fetched.
+    - the global torch / numpy / Python RNG states (dropout, augmentations): saved in every
+      checkpoint, restored when training starts after the resume — after model building
+      (which draws random numbers) and before the first batch is fetched;
+    - the train loader's position in its epoch (`ResumableDataLoader.state_dict`): Lightning
+      saves it, but restores it only into a loader built after the checkpoint is loaded, and
+      `estimated_stepping_batches` (the LR schedule's length) builds the loader before that.
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+        self._rng: dict[str, Any] | None = None
+        self._loader_states: list[dict[str, Any]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("rng")
+        self._rng = state_dict.get("rng")
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._pending is not None:
-            set_rng_states(self._pending)
-            self._pending = None
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        self._loader_states = fit_loop.get("state_dict", {}).get("combined_loader") or None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not on_train_epoch_start: Lightning skips that hook when it resumes mid-epoch.
+        if self._loader_states:
+            loaders = trainer.train_dataloader
+            if isinstance(loaders, dict):
+                loaders = list(loaders.values())
+            flat = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+            stateful = [dl for dl in flat if callable(getattr(dl, "load_state_dict", None))]
+            if len(stateful) == len(self._loader_states):  # the same loaders as when saved
+                for loader, state in zip(stateful, self._loader_states, strict=True):
+                    loader.load_state_dict(state)
+            self._loader_states = None
+        if self._rng is not None:
+            set_rng_states(self._rng)
+            self._rng = None
 
 
 def rng_states() -> dict[str, Any]:

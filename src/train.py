@@ -13,6 +13,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,10 @@ from src.models.networks import build_network, build_processor
 from src.run import (
     TEST_KEYS,
     VAL_KEYS,
+    AtomicCheckpointIO,
     BestValMetrics,
+    ExactResume,
+    check_resume_checkpoint,
     checkpoint_callback,
     instantiate_callbacks,
     instantiate_loggers,
@@ -63,7 +67,17 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Tra
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision"), trainer_cfg.get("accelerator", "auto"))
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + (extra_callbacks or [])
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=instantiate_loggers(cfg.get("logger")))
+    callbacks.append(ExactResume())  # RNG states and the loader's position in checkpoints
+    try:
+        return instantiate(
+            trainer_cfg,
+            callbacks=callbacks,
+            logger=instantiate_loggers(cfg.get("logger")),
+            plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a truncated checkpoint
+        )
+    except InstantiationException as e:  # an unknown Trainer option or an invalid value
+        cause = e.__cause__ or e
+        raise ConfigError(f"trainer: {str(cause).strip().splitlines()[0]}") from e
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -86,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_data_and_module(cfg)
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, module)
 
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
     trainer = build_trainer(cfg, extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune")), *sweep_callbacks(cfg)])

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from src.data.resumable import resumable_train_loader
 from src.errors import DataError
 from src.models.networks import ImagePreprocessing
 
@@ -24,9 +25,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 def rgb_loader(path: str) -> Image.Image:
     """Every image as 3-channel RGB (palette GIFs, greyscale, RGBA)."""
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert("RGB")
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated, unreadable
+        raise DataError(f"cannot read image {path}: {e}") from None
 
 
 def is_image_file(path: str) -> bool:
@@ -169,7 +173,14 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        # Epoch-seeded and resumable: a run killed mid-epoch resumes on the same batches.
+        return resumable_train_loader(
+            self.splits["train"],
+            self.batch_size,
+            self.seed,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

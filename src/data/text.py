@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from src.data.resumable import resumable_train_loader
 from src.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -270,29 +272,22 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.splits["train"]
+        make_sampler = None
         if self.group_by_length:
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             # Random megabatches of 50 batches, sorted by length inside: little padding, and
             # the order still changes every epoch (seeded).
-            generator = torch.Generator().manual_seed(self.seed)
-            sampler = LengthGroupedSampler(
-                self.batch_size, lengths=ds["length"], generator=generator
-            )
-            return DataLoader(
-                ds,
-                batch_size=self.batch_size,
-                sampler=sampler,
-                collate_fn=self._collate,
-                num_workers=self.num_workers,
-            )
-        return DataLoader(
+            make_sampler = functools.partial(LengthGroupedSampler, self.batch_size, lengths=ds["length"])
+
+        # Epoch-seeded and resumable: a run killed mid-epoch resumes on the same batches.
+        return resumable_train_loader(
             ds,
-            batch_size=self.batch_size,
-            shuffle=True,
+            self.batch_size,
+            self.seed,
+            make_sampler,
             collate_fn=self._collate,
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
