@@ -24,7 +24,7 @@ def test_minilm_learns_sst2_from_2000_sentences(data_dir: Path, tmp_path: Path) 
         f"paths.data_dir={data_dir}",
         "data.limit_train=2000",
         "data.val_fraction=0.1",
-        "optimizer.lr=1e-4",
+        "optimizer.lr=2e-4",  # measured here: 79.7% dev (1e-4: 79.1%, 5e-5 batch 16: 79.1%)
         "trainer.max_epochs=1",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
