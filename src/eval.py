@@ -54,9 +54,15 @@ def module_from_checkpoint(
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
         raise ConfigError(
-            f"checkpoint weights do not fit model {run_cfg.model.name}: {str(e).splitlines()[0]}"
+            f"checkpoint weights do not fit model {run_cfg.model.name}: {_first_detail(str(e))}"
         ) from e
     return module
+
+
+def _first_detail(message: str) -> str:
+    """The first specific line of torch's load_state_dict error (the first one is a heading)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
 
 
 def relocate_data(run_cfg: DictConfig, data_dir: str | None) -> None:

@@ -100,6 +100,9 @@ def ensure_writable_dir(path: Path, key: str) -> None:
     """Create `path` and write a probe file there, so an unwritable dir fails now, not after hours."""
     from src.errors import ConfigError
 
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"{key}={str(path)!r} is not writable: {blocking} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".ftlab-write-probe-{os.getpid()}"
@@ -296,7 +299,9 @@ def check_resume_checkpoint(path: str, module: L.LightningModule) -> None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # zip/pickle errors of a truncated or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"ckpt_path={path!r} is not a readable checkpoint: {first}") from e
+        raise ConfigError(
+            f"ckpt_path={path!r} is not a readable checkpoint (truncated, or not written by torch.save): {first}"
+        ) from e
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or "global_step" not in ckpt:
         raise ConfigError(f"ckpt_path={path!r} is not a Lightning training checkpoint (no state_dict / global_step)")

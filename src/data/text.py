@@ -47,6 +47,8 @@ def load_local_split(path: str, cache_dir: str) -> Any:
     if suffix not in READERS:
         raise DataError(f"cannot read {file}: suffix {suffix!r}; valid: {', '.join(READERS)}")
     builder, options = READERS[suffix]
+    if not _has_rows(file, header=builder == "csv"):
+        raise DataError(f"{file} has no examples (empty{', or a header line only' if builder == 'csv' else ''})")
     try:
         return load_dataset(
             builder, data_files={"data": str(file)}, split="data", cache_dir=cache_dir, **options
@@ -54,7 +56,29 @@ def load_local_split(path: str, cache_dir: str) -> Any:
     except UnicodeDecodeError as e:
         raise DataError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except Exception as e:  # pandas/pyarrow parse errors
-        raise DataError(f"cannot parse {file} as {suffix[1:]}: {str(e).splitlines()[0]}") from e
+        chain = _error_chain(e)  # `datasets` wraps the reader's error in its own
+        decode = next((c for c in chain if isinstance(c, UnicodeDecodeError)), None)
+        if decode is not None or "Invalid UTF8" in str(chain[-1]):
+            where = f" ({decode.reason} at byte {decode.start})" if decode else ""
+            raise DataError(f"{file} is not UTF-8 text{where}") from e
+        raise DataError(f"cannot parse {file} as {suffix[1:]}: {str(chain[-1]).splitlines()[0]}") from e
+
+
+def _has_rows(file: Path, header: bool) -> bool:
+    """Cheap: whether a text file holds a record (after the header line for csv / tsv)."""
+    if file.suffix.lower() == ".parquet":
+        return file.stat().st_size > 0
+    with file.open("rb") as f:
+        lines = (line for line in f if line.strip())
+        return next(lines, None) is not None and (not header or next(lines, None) is not None)
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    """The error and its causes / contexts, outermost first."""
+    chain = [error]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain
 
 
 def _file_identity(path: str | None) -> list[Any] | None:

@@ -1,0 +1,337 @@
+"""The bad-input catalogue: each case runs the real CLI and must exit non-zero with a short
+message naming the problem, no Python traceback, and every file that existed before intact.
+
+The run dir of the train cases is an existing "precious" run (metrics.json, a checkpoint), as
+when a user re-runs in a finished run's dir with a typo; Hydra rewrites only its own `.hydra/`
+record and the job log there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+
+@dataclass(frozen=True)
+class Case:
+    module: str
+    args: tuple[str, ...]  # `{name}` is replaced by the path of the named bad thing
+    needle: str  # what the message must say ({name} replaced too)
+
+
+def text(*extra: str) -> tuple[str, ...]:
+    """A tiny text run that would work, plus the bad override(s)."""
+    run_dir = () if any(e.startswith("hydra.run.dir=") for e in extra) else ("hydra.run.dir={precious}",)
+    return (
+        "task=text_csv",
+        "model.pretrained={tiny_bert}",
+        "data.train_file={train_csv}",
+        "data.val_fraction=0.25",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "trainer.precision=32-true",
+        "trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null",
+        "paths.cache_dir={cache}",
+        *run_dir,
+        *extra,
+    )
+
+
+def image(*extra: str) -> tuple[str, ...]:
+    return (
+        "task=image_folder",
+        "model=resnet18",
+        "model.weights=null",
+        "model.image_size=32",
+        "data.root={images}",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "trainer.precision=32-true",
+        "callbacks.progress_bar=null",
+        "hydra.run.dir={precious}",
+        *extra,
+    )
+
+
+CASES: dict[str, Case] = {
+    # --- config: composition and values (fail before any data or model is read)
+    "unknown_group_option": Case("src.train", text("model=gpt9"), "Could not find 'model/gpt9'"),
+    "misspelled_key": Case("src.train", text("optimizer.lrr=1e-3"), "optimizer.lrr"),
+    "wrong_type": Case("src.train", text("optimizer.lr=fast"), "optimizer.lr='fast' is invalid"),
+    "negative_lr": Case("src.train", text("optimizer.lr=-1"), "optimizer.lr=-1 is invalid"),
+    "zero_batch_size": Case("src.train", text("data.batch_size=0"), "data.batch_size=0 is invalid"),
+    "impossible_val_fraction": Case("src.train", text("data.val_fraction=1.5"), "data.val_fraction=1.5"),
+    "unknown_monitor": Case("src.train", text("monitor=val/accuracy"), "monitor='val/accuracy'"),
+    "text_task_image_model": Case(
+        "src.train",
+        ("task=text_csv", "data.train_file={train_csv}", "model=mobilenet_v2", "hydra.run.dir={precious}"),
+        "pick a text model",
+    ),
+    "unknown_trainer_option": Case("src.train", text("+trainer.warp_speed=9"), "warp_speed"),
+    "invalid_precision": Case("src.train", text("trainer.precision=banana"), "banana"),
+    "impossible_freeze_depth": Case(
+        "src.train", text("finetune=partial", "finetune.trainable_groups=99"), "finetune.trainable_groups"
+    ),
+    # --- data
+    "missing_data_dir": Case(
+        "src.train",
+        ("task=sentiment", "paths.data_dir={missing}", "data.hub=null", "hydra.run.dir={precious}"),
+        "{missing}/sst2/train.tsv",
+    ),
+    "empty_dataset": Case("src.train", text("data.train_file={empty_csv}"), "{empty_csv} has no examples"),
+    "missing_column": Case("src.train", text("data.text_column=review"), "column 'review' not in"),
+    "label_outside_classes": Case(
+        "src.train", text("data.train_file={label7_csv}", "data.label_names=[neg,pos]"), "label 7"
+    ),
+    "non_utf8_text": Case("src.train", text("data.train_file={latin1_csv}"), "not UTF-8"),
+    "unsupported_file_type": Case("src.train", text("data.train_file={xlsx}"), "suffix '.xlsx'"),
+    "missing_image_root": Case("src.train", image("data.root={missing}"), "{missing}/train"),
+    "truncated_image": Case("src.train", image("data.root={bad_images}"), "cannot read image {truncated_jpg}"),
+    # --- models and checkpoints
+    "hub_model_offline": Case(
+        "src.train", text("model.pretrained=no-such-org/no-such-model"), "no-such-org/no-such-model"
+    ),
+    "model_dir_without_config": Case("src.train", text("model.pretrained={empty_dir}"), "cannot load model dir"),
+    "unknown_torchvision_weights": Case("src.train", image("model.weights=IMAGENET9"), "model.weights='IMAGENET9'"),
+    "resume_without_last_ckpt": Case(
+        "src.train", text("ckpt_path=last", "hydra.run.dir={fresh}"), "no such checkpoint file"
+    ),
+    "resume_corrupt_checkpoint": Case(
+        "src.train", text("ckpt_path={corrupt_ckpt}"), "is not a readable checkpoint"
+    ),
+    "resume_checkpoint_of_another_model": Case(
+        "src.train", text("ckpt_path={other_model_ckpt}"), "holds the weights of another model"
+    ),
+    "eval_corrupt_checkpoint": Case(
+        "src.eval", ("ckpt_path={corrupt_ckpt}", "hydra.run.dir={precious}"), "is not a readable checkpoint"
+    ),
+    "predict_checkpoint_of_another_model": Case(
+        "src.predict",
+        ("ckpt_path={mismatched_ckpt}", "input=great", "hydra.run.dir={precious}"),
+        "checkpoint weights do not fit model bert: size mismatch for network.model.bert",
+    ),
+    # --- predict / export / ensemble inputs
+    "predict_missing_input_file": Case(
+        "src.predict", ("ckpt_path={good_ckpt}", "input={missing}/new.csv", "hydra.run.dir={precious}"),
+        "no such file",
+    ),
+    "predict_missing_text_column": Case(
+        "src.predict",
+        ("ckpt_path={good_ckpt}", "input={train_csv}", "text_column=review", "hydra.run.dir={precious}"),
+        "column 'review' not in",
+    ),
+    "predict_unwritable_out": Case(
+        "src.predict", ("ckpt_path={good_ckpt}", "input=great", "out={blocker}/p.csv", "hydra.run.dir={precious}"),
+        "{blocker} is a file, not a folder",
+    ),
+    "export_unknown_format": Case(
+        "src.export", ("ckpt_path={good_ckpt}", "format=pdf", "hydra.run.dir={precious}"), "format='pdf'"
+    ),
+    "ensemble_without_members": Case("src.ensemble", ("hydra.run.dir={precious}",), "no members"),
+    "unwritable_run_dir": Case("src.train", text("hydra.run.dir={blocker}/run"), "not writable"),
+}
+
+
+def fake_checkpoint(tiny_bert_dir: Path, weights_from: Path, path: Path) -> Path:
+    """An ftlab checkpoint whose config says `tiny_bert_dir` but whose weights come from the
+    model in `weights_from` (the same when both are equal): built in-process, no training."""
+    from omegaconf import OmegaConf
+
+    from src.models.classifier import Classifier
+    from src.models.networks import build_network
+
+    def model_cfg(pretrained: Path):
+        return OmegaConf.create({"name": "bert", "family": "hf", "modality": "text", "pretrained": str(pretrained)})
+
+    network = build_network(model_cfg(weights_from), ["neg", "pos"], pretrained_weights=False)
+    module = Classifier(network=network, label_names=["neg", "pos"], optimizer=None)
+    config = {
+        "model": OmegaConf.to_container(model_cfg(tiny_bert_dir)),
+        "task": {"name": "text_csv", "modality": "text"},
+        "data": {"max_length": 32, "text_pair_column": None},
+    }
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "global_step": 0,
+            "hyper_parameters": {"config": config, "label_names": ["neg", "pos"]},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def things(tiny_bert, tiny_text_data, tiny_images, tmp_path_factory) -> dict[str, Path]:
+    """Every bad (and good) thing the cases name, built once."""
+    from PIL import Image
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("bad_input")
+    t: dict[str, Path] = {"tiny_bert": tiny_bert, "train_csv": tiny_text_data / "train.csv", "images": tiny_images}
+    t["cache"] = root / "cache"
+    t["missing"] = root / "does_not_exist"
+    t["fresh"] = root / "fresh_run"
+    t["empty_dir"] = root / "empty_model_dir"
+    t["empty_dir"].mkdir()
+    t["blocker"] = root / "a_file"
+    t["blocker"].write_text("a file, not a folder\n")
+    t["empty_csv"] = root / "empty.csv"
+    t["empty_csv"].write_text("text,label\n")
+    t["label7_csv"] = root / "label7.csv"
+    t["label7_csv"].write_text("text,label\n" + "".join(f"good film {i},{i % 2}\n" for i in range(20)) + "odd film,7\n")
+    t["latin1_csv"] = root / "latin1.csv"
+    t["latin1_csv"].write_bytes(b"text,label\n" + "caf\xe9 cr\xe8me,1\nbad,0\n".encode("latin-1") * 10)
+    t["xlsx"] = root / "train.xlsx"
+    t["xlsx"].write_bytes(b"PK\x03\x04 not really a spreadsheet")
+    t["corrupt_ckpt"] = root / "corrupt.ckpt"
+    t["corrupt_ckpt"].write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)
+
+    # An image folder whose one JPEG is cut in half.
+    bad = root / "bad_images"
+    for cls, color in (("blue", (20, 40, 220)), ("red", (220, 30, 20))):
+        (bad / "train" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40, 40), color).save(bad / "train" / cls / f"{i}.jpg")
+    t["truncated_jpg"] = bad / "train" / "red" / "3.jpg"
+    data = t["truncated_jpg"].read_bytes()
+    t["truncated_jpg"].write_bytes(data[: len(data) // 2])
+    t["bad_images"] = bad
+
+    # Checkpoints: a good one, and ones whose weights belong to a wider BERT.
+    wide = root / "wide_bert"
+    BertModel(BertConfig(vocab_size=40, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(wide)
+    t["good_ckpt"] = fake_checkpoint(tiny_bert, tiny_bert, root / "good.ckpt")
+    t["mismatched_ckpt"] = fake_checkpoint(tiny_bert, wide, root / "mismatched.ckpt")
+    t["other_model_ckpt"] = t["mismatched_ckpt"]
+
+    # A finished run a typo must not damage.
+    precious = root / "precious_run"
+    (precious / "checkpoints").mkdir(parents=True)
+    (precious / "metrics.json").write_text('{"test/acc": 0.93}\n')
+    (precious / "checkpoints" / "last.ckpt").write_bytes(t["good_ckpt"].read_bytes())
+    t["precious"] = precious
+    return t
+
+
+def fingerprint(paths: list[Path]) -> dict[str, str]:
+    """sha256 of every file under `paths`, except Hydra's own per-invocation records."""
+    prints = {}
+    for base in paths:
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for f in files:
+            if ".hydra" in f.parts or f.suffix == ".log":
+                continue
+            prints[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return prints
+
+
+def run_catalogue(cases_file: str, results_file: str) -> None:
+    """Run every case as `python -m MODULE ARGS...` runs it — runpy with `__main__`, the real argv,
+    Hydra, exit status, stderr at the file-descriptor level — one after another in this process,
+    so the ~15 s import of the stack is paid once instead of once per case."""
+    import json
+    import os
+    import runpy
+    import sys
+    import tempfile
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    spec = json.loads(Path(cases_file).read_text())
+    guarded = [Path(p) for p in spec["guarded"]]
+    results = {}
+    for name, case in spec["cases"].items():
+        before = fingerprint(guarded)
+        GlobalHydra.instance().clear()
+        sys.argv = [case["module"], *case["args"]]
+        with tempfile.TemporaryFile() as capture:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(capture.fileno(), 2)
+            try:
+                runpy.run_module(case["module"], run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except BaseException:
+                traceback.print_exc()  # what the interpreter prints for an uncaught exception
+                code = 1
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+            capture.seek(0)
+            err = capture.read().decode("utf-8", errors="replace")
+        after = fingerprint(guarded)  # new files are fine; changed or deleted ones are not
+        results[name] = {"returncode": code, "stderr": err, "unchanged": all(after.get(f) == h for f, h in before.items())}
+    Path(results_file).write_text(json.dumps(results))
+
+
+def case_args(case: Case, things: dict[str, Path]) -> list[str]:
+    fill = {k: str(v) for k, v in things.items()}
+    return [a.format(**fill) for a in case.args]
+
+
+def guarded_paths(things: dict[str, Path]) -> list[Path]:
+    return [things[k] for k in ("precious", "tiny_bert", "images", "bad_images", "good_ckpt", "blocker")] + [
+        things["train_csv"].parent
+    ]
+
+
+@pytest.fixture(scope="module")
+def results(things: dict[str, Path], tmp_path_factory) -> dict[str, dict]:
+    import json
+
+    root = tmp_path_factory.mktemp("catalogue")
+    spec = {
+        "guarded": [str(p) for p in guarded_paths(things)],
+        "cases": {n: {"module": c.module, "args": case_args(c, things)} for n, c in CASES.items()},
+    }
+    (root / "cases.json").write_text(json.dumps(spec))
+    proc = run_cli("tests.test_bad_input", str(root / "cases.json"), str(root / "results.json"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((root / "results.json").read_text())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_fails_cleanly(name: str, results: dict[str, dict], things: dict[str, Path]) -> None:
+    result = results[name]
+    err = result["stderr"]
+    assert result["returncode"] != 0, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    needle = CASES[name].needle.format(**{k: str(v) for k, v in things.items()})
+    assert needle in err, err[-2000:]
+    line = next(line for line in err.splitlines() if needle in line)
+    assert len(line) < 500, line  # a short message, not a dump
+    assert result["unchanged"], "a failed run changed files that existed before"
+    assert not things["missing"].exists()
+
+
+@pytest.mark.parametrize("name", ["non_utf8_text", "unknown_trainer_option"])
+def test_a_separate_process_fails_the_same_way(name: str, results: dict[str, dict], things: dict[str, Path]) -> None:
+    """The catalogue runs in one process; a fresh `python -m` process gives the same outcome."""
+    proc = run_cli(CASES[name].module, *case_args(CASES[name], things), timeout=300)
+    assert proc.returncode == results[name]["returncode"] == 2
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines and error_lines == [
+        line for line in results[name]["stderr"].splitlines() if line.startswith("error:")
+    ]
+
+
+if __name__ == "__main__":  # python -m tests.test_bad_input CASES.json RESULTS.json
+    import sys
+
+    run_catalogue(sys.argv[1], sys.argv[2])
