@@ -41,6 +41,7 @@ from src.sweep.study import (
     fail_stale_trials,
     mask_url,
     open_storage,
+    quiet_experimental,
     retry_of,
 )
 
@@ -213,7 +214,8 @@ class Sweep:
             if b.waiting == 0 and b.used >= self.s.n_trials:
                 return None  # the rest is running elsewhere; wait in case a worker dies
             # WAITING trials (retries of dead workers' trials) come first and keep their params.
-            trial = self.study.ask(fixed_distributions=self.space)
+            with quiet_experimental():
+                trial = self.study.ask(fixed_distributions=self.space)
             # A heartbeat at once: a trial without any would never be seen as stale.
             self.storage.record_heartbeat(trial._trial_id)
             return trial
@@ -259,7 +261,8 @@ class Sweep:
             for w in workers:
                 w.join(timeout=60)
             self.report(plots=True)
-            raise
+            print("error: sweep interrupted; run the same command again to resume", file=sys.stderr)
+            raise SystemExit(130) from None
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
@@ -367,7 +370,8 @@ class Sweep:
             if frozen is not None:
                 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-                RetryHeartbeatStaleTrialCallback(max_retry=self.s.max_retry)(self.study, frozen)
+                with quiet_experimental():  # re-queue it as a dead worker's trial would be
+                    RetryHeartbeatStaleTrialCallback(max_retry=self.s.max_retry)(self.study, frozen)
             return
         state, value, error = TrialState.FAIL, None, None
         if returncode == 0:

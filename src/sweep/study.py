@@ -78,13 +78,15 @@ def open_storage(
         else {"pool_pre_ping": True}
     )
     kwargs: dict[str, Any] = {}
-    if heartbeat_interval:
-        kwargs = {
-            "heartbeat_interval": int(heartbeat_interval),
-            "grace_period": int(grace_period) if grace_period else None,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        }
-    with _quiet_experimental():
+    with quiet_experimental():
+        if heartbeat_interval:
+            kwargs = {
+                "heartbeat_interval": int(heartbeat_interval),
+                "grace_period": int(grace_period) if grace_period else None,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                    max_retry=max_retry
+                ),
+            }
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except Exception as e:  # bad host, password, missing driver: one line, password masked
@@ -95,24 +97,26 @@ def open_storage(
 
 
 @contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
+def quiet_experimental() -> Iterator[None]:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        # We record heartbeats ourselves around study.ask(); Optuna expects Study.optimize.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         yield
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """RUNNING trials whose worker stopped sending heartbeats -> FAIL, re-queued as WAITING copies."""
-    with _quiet_experimental():
+    with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
 
 
 def retry_of(trial: FrozenTrial) -> list[int]:
     """Numbers of the trials this one retries (oldest first); empty for a fresh trial."""
-    with _quiet_experimental():
+    with quiet_experimental():
         return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
 
 
