@@ -53,13 +53,17 @@ def member_paths(cfg: DictConfig) -> list[Path]:
             raise ConfigError(f"ckpt_glob={cfg.ckpt_glob!r} matches no file")
         paths += found
     if len(paths) < 1:
-        raise ConfigError("no members: give ckpt_paths=[a.ckpt,b.ckpt], run_dirs=[...] or ckpt_glob=...")
+        raise ConfigError(
+            "no members: give ckpt_paths=[a.ckpt,b.ckpt], run_dirs=[...] or ckpt_glob=..."
+        )
     for p in paths:
         if not p.is_file():
             raise ConfigError(f"member checkpoint {p}: no such file")
     resolved = [p.resolve() for p in paths]
     if len(set(resolved)) != len(resolved):
-        raise ConfigError("the same checkpoint is listed twice; each member must be a different file")
+        raise ConfigError(
+            "the same checkpoint is listed twice; each member must be a different file"
+        )
     return paths
 
 
@@ -85,7 +89,9 @@ def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOu
     if model.modality == "text":
         # Sorted by length (little padding), scattered back to the split's order below.
         order = sorted(range(len(ds)), key=ds["length"].__getitem__)
-        loader = torch.utils.data.DataLoader(ds.select(order), batch_size=batch_size, collate_fn=datamodule._collate)
+        loader = torch.utils.data.DataLoader(
+            ds.select(order), batch_size=batch_size, collate_fn=datamodule._collate
+        )
     else:
         order = list(range(len(ds)))
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
@@ -100,7 +106,9 @@ def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOu
     aligned_labels = torch.empty(len(ds), dtype=torch.long)
     aligned_probs[index] = torch.cat(probs)
     aligned_labels[index] = torch.cat(labels)
-    return MemberOutput(str(path), aligned_probs, aligned_labels, model.label_names, str(model.run_cfg.task.name))
+    return MemberOutput(
+        str(path), aligned_probs, aligned_labels, model.label_names, str(model.run_cfg.task.name)
+    )
 
 
 def scores(probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -121,7 +129,9 @@ def check_compatible(members: list[MemberOutput]) -> None:
     first = members[0]
     for m in members[1:]:
         if m.label_names != first.label_names:
-            raise ConfigError(f"{m.ckpt_path} has classes {m.label_names}, {first.ckpt_path} has {first.label_names}")
+            raise ConfigError(
+                f"{m.ckpt_path} has classes {m.label_names}, {first.ckpt_path} has {first.label_names}"
+            )
         if m.labels.shape != first.labels.shape or not torch.equal(m.labels, first.labels):
             raise ConfigError(
                 f"{m.ckpt_path} (task {m.task}) was tested on other data than {first.ckpt_path} "
@@ -147,7 +157,11 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     labels = members[0].labels
     mean_probs = torch.stack([m.probs for m in members]).mean(dim=0)
     split = cfg.split
-    metrics: dict[str, Any] = {"split": split, "n_members": len(members), "label_names": members[0].label_names}
+    metrics: dict[str, Any] = {
+        "split": split,
+        "n_members": len(members),
+        "label_names": members[0].label_names,
+    }
     metrics.update(scores(mean_probs, labels, f"ensemble/{split}/"))
     for i, m in enumerate(members):
         metrics[f"member{i}/ckpt_path"] = str(Path(m.ckpt_path).resolve())
@@ -165,20 +179,33 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _write_predictions(path: Path, mean_probs: torch.Tensor, labels: torch.Tensor, members: list[MemberOutput]) -> None:
+def _write_predictions(
+    path: Path, mean_probs: torch.Tensor, labels: torch.Tensor, members: list[MemberOutput]
+) -> None:
     import csv
 
     names = members[0].label_names
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["index", "label", "predicted", *(f"prob_{n}" for n in names), *(f"member{i}" for i in range(len(members)))]
+            [
+                "index",
+                "label",
+                "predicted",
+                *(f"prob_{n}" for n in names),
+                *(f"member{i}" for i in range(len(members))),
+            ]
         )
         member_preds = [m.probs.argmax(-1).tolist() for m in members]
         for i, row in enumerate(mean_probs.tolist()):
             writer.writerow(
-                [i, names[int(labels[i])], names[int(mean_probs[i].argmax())], *(f"{p:.6f}" for p in row),
-                 *(names[mp[i]] for mp in member_preds)]
+                [
+                    i,
+                    names[int(labels[i])],
+                    names[int(mean_probs[i].argmax())],
+                    *(f"{p:.6f}" for p in row),
+                    *(names[mp[i]] for mp in member_preds),
+                ]
             )
 
 

@@ -51,11 +51,16 @@ def sample_batch(model: LoadedModel, n: int = 2) -> dict[str, torch.Tensor]:
         texts = (SAMPLE_TEXTS * n)[:n]
         return dict(model.processor(texts, padding=True, truncation=True, return_tensors="pt"))
     size = model.processor.crop_size
-    return {"pixel_values": torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))}
+    return {
+        "pixel_values": torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+    }
 
 
 def dynamic_axes(input_names: list[str], modality: str) -> dict[str, dict[int, str]]:
-    axes = {name: {0: "batch", 1: "sequence"} if modality == "text" else {0: "batch"} for name in input_names}
+    axes = {
+        name: {0: "batch", 1: "sequence"} if modality == "text" else {0: "batch"}
+        for name in input_names
+    }
     axes["logits"] = {0: "batch"}
     return axes
 
@@ -97,7 +102,9 @@ def save_preprocessing(model: LoadedModel, out: Path) -> None:
     if model.modality == "text":
         model.processor.save_pretrained(out)
     else:
-        (out / "preprocessing.json").write_text(json.dumps(asdict(model.processor), indent=2) + "\n")
+        (out / "preprocessing.json").write_text(
+            json.dumps(asdict(model.processor), indent=2) + "\n"
+        )
 
 
 # --------------------------------------------------------------------------- load back and compare
@@ -114,7 +121,9 @@ def exported_logits(fmt: str, out: Path, batch: dict[str, torch.Tensor]) -> torc
     if fmt == "onnx":
         import onnxruntime as ort  # the reference runtime for ONNX files
 
-        session = ort.InferenceSession(str(out / FILE_NAMES["onnx"]), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(out / FILE_NAMES["onnx"]), providers=["CPUExecutionProvider"]
+        )
         wanted = {i.name for i in session.get_inputs()}
         feeds = {k: v.numpy() for k, v in batch.items() if k in wanted}
         return torch.from_numpy(session.run(["logits"], feeds)[0]).float()
@@ -161,13 +170,20 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.check:
         # Another batch shape than the one traced/exported: dynamic axes must really be dynamic.
         check = sample_batch(model, n=3)
-        diff = (exported_logits(fmt, out, check) - checkpoint_logits(model, check)).abs().max().item()
+        diff = (
+            (exported_logits(fmt, out, check) - checkpoint_logits(model, check)).abs().max().item()
+        )
         info["check_max_abs_diff"] = diff
         if not diff <= float(cfg.atol):
-            raise ConfigError(f"the {fmt} export's logits differ from the checkpoint's by {diff:.3g} > atol={cfg.atol}")
+            raise ConfigError(
+                f"the {fmt} export's logits differ from the checkpoint's by {diff:.3g} > atol={cfg.atol}"
+            )
     (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"ftlab: {fmt} export -> {out}  (max |logit diff| {info.get('check_max_abs_diff', 'not checked')})",
-          file=sys.stderr, flush=True)
+    print(
+        f"ftlab: {fmt} export -> {out}  (max |logit diff| {info.get('check_max_abs_diff', 'not checked')})",
+        file=sys.stderr,
+        flush=True,
+    )
     return info
 
 

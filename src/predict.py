@@ -68,7 +68,9 @@ def resolve_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------- text inputs
 
 
-def read_text_table(path: Path, column: str, pair_column: str | None) -> tuple[list[str], list[str] | None]:
+def read_text_table(
+    path: Path, column: str, pair_column: str | None
+) -> tuple[list[str], list[str] | None]:
     """The text (and second text) column of a csv / tsv / json / jsonl file, as strings."""
     import pandas as pd
 
@@ -77,7 +79,9 @@ def read_text_table(path: Path, column: str, pair_column: str | None) -> tuple[l
         if suffix == ".csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         elif suffix == ".tsv":  # GLUE-style: no quoting (as the training reader)
-            frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+            frame = pd.read_csv(
+                path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
+            )
         else:
             frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
     except UnicodeDecodeError as e:
@@ -112,24 +116,36 @@ def text_inputs(cfg: DictConfig, run_cfg: DictConfig) -> tuple[list[str], list[s
     path = Path(str(value)).expanduser()
     if path.is_file():
         if path.suffix.lower() not in TEXT_SUFFIXES:
-            raise DataError(f"cannot read {path}: suffix {path.suffix!r}; valid: {', '.join(TEXT_SUFFIXES)}")
+            raise DataError(
+                f"cannot read {path}: suffix {path.suffix!r}; valid: {', '.join(TEXT_SUFFIXES)}"
+            )
         return read_text_table(path, str(cfg.text_column), pair_column)
     if path.suffix.lower() in TEXT_SUFFIXES or path.is_dir():
-        raise DataError(f"input={str(value)!r}: no such file (a text model reads a sentence or a table file)")
+        raise DataError(
+            f"input={str(value)!r}: no such file (a text model reads a sentence or a table file)"
+        )
     if pair_column:
         raise ConfigError("this model classifies text pairs: give input=FILE with both columns")
     return [str(value)], None
 
 
 def text_batches(
-    tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int, batch_size: int
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int,
+    batch_size: int,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Tokenized as in training (truncation to the run's max_length), padded per batch."""
     for start in range(0, len(texts), batch_size):
         args = [list(texts[start : start + batch_size])]
         if pairs is not None:
             args.append(list(pairs[start : start + batch_size]))
-        yield dict(tokenizer(*args, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
+        yield dict(
+            tokenizer(
+                *args, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+        )
 
 
 # --------------------------------------------------------------------------- image inputs
@@ -167,7 +183,9 @@ class ImageFiles(torch.utils.data.Dataset):
         return {"pixel_values": self.transform(rgb_loader(str(self.files[i])))}
 
 
-def image_batches(pre: Any, files: Sequence[Path], batch_size: int, num_workers: int) -> Iterable[dict]:
+def image_batches(
+    pre: Any, files: Sequence[Path], batch_size: int, num_workers: int
+) -> Iterable[dict]:
     from src.data.image import build_transforms
 
     transform = build_transforms(pre, augment=False, color_jitter=0.0)
@@ -181,7 +199,10 @@ def image_batches(pre: Any, files: Sequence[Path], batch_size: int, num_workers:
 
 @torch.inference_mode()
 def predict_probs(
-    module: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device, total: int
+    module: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    total: int,
 ) -> torch.Tensor:
     """Softmax class probabilities (float32, on the CPU), one row per input, with a progress bar."""
     from rich.console import Console
@@ -190,14 +211,19 @@ def predict_probs(
     module.to(device)
     out = []
     console = Console(stderr=True)
-    for batch in track(batches, total=total, description="predict", console=console, transient=True):
+    for batch in track(
+        batches, total=total, description="predict", console=console, transient=True
+    ):
         batch = {k: v.to(device) for k, v in batch.items()}
         out.append(torch.softmax(module(batch).float(), dim=-1).cpu())
     return torch.cat(out)
 
 
 def write_predictions(
-    path: Path, inputs: Sequence[str], probs: torch.Tensor, label_names: Sequence[str],
+    path: Path,
+    inputs: Sequence[str],
+    probs: torch.Tensor,
+    label_names: Sequence[str],
     pairs: Sequence[str] | None = None,
 ) -> None:
     """CSV: input, [input_pair,] predicted, prob_<label> per class; written then renamed."""
@@ -210,12 +236,18 @@ def write_predictions(
         writer.writerow(header)
         for i, row in enumerate(probs.tolist()):
             pair = [pairs[i]] if pairs is not None else []
-            writer.writerow([inputs[i], *pair, label_names[predicted[i]], *(f"{p:.6f}" for p in row)])
+            writer.writerow(
+                [inputs[i], *pair, label_names[predicted[i]], *(f"{p:.6f}" for p in row)]
+            )
     os.replace(tmp, path)
 
 
 def output_path(cfg: DictConfig) -> Path:
-    out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(cfg.paths.output_dir) / "predictions.csv"
+    out = (
+        Path(str(cfg.out)).expanduser()
+        if cfg.get("out")
+        else Path(cfg.paths.output_dir) / "predictions.csv"
+    )
     if out.is_dir() or not out.suffix:  # a folder (existing or not): the CSV goes inside
         out = out / "predictions.csv"
     ensure_writable_dir(out.parent, "out")
@@ -229,7 +261,11 @@ def check_predict_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key}={value!r} is invalid: must be an int >= 1")
-    if isinstance(cfg.num_workers, bool) or not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+    if (
+        isinstance(cfg.num_workers, bool)
+        or not isinstance(cfg.num_workers, int)
+        or cfg.num_workers < 0
+    ):
         raise ConfigError(f"num_workers={cfg.num_workers!r} is invalid: must be an int >= 0")
 
 

@@ -20,7 +20,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def train(run_dir: Path, *args: str) -> Path:
-    proc = run_cli("src.train", *args, "trainer.precision=32-true", f"hydra.run.dir={run_dir}", *QUIET)
+    proc = run_cli(
+        "src.train", *args, "trainer.precision=32-true", f"hydra.run.dir={run_dir}", *QUIET
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -47,6 +49,7 @@ def text_run_args(tiny_bert: Path, data: Path, workdir: Path, seed: int) -> list
         "data.batch_size=8",
         "optimizer.lr=3e-3",
         "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.save_top_k=2",  # both epochs: two ensemble members
         f"seed={seed}",
         f"paths.cache_dir={workdir / 'cache'}",
     ]
@@ -104,8 +107,14 @@ def test_predict_text_file_without_training_data(text_run, text_ckpt, text_data,
     moved = text_data.with_name("text_data_gone")
     text_data.rename(moved)  # no training data anywhere: predict must not need it
     try:
-        proc = run_cli("src.predict", f"ckpt_path={text_ckpt}", f"input={test_csv}", f"out={out}",
-                       "batch_size=16", f"hydra.run.dir={workdir / 'pred_run'}")
+        proc = run_cli(
+            "src.predict",
+            f"ckpt_path={text_ckpt}",
+            f"input={test_csv}",
+            f"out={out}",
+            "batch_size=16",
+            f"hydra.run.dir={workdir / 'pred_run'}",
+        )
     finally:
         moved.rename(text_data)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,7 +126,9 @@ def test_predict_text_file_without_training_data(text_run, text_ckpt, text_data,
         assert float(r["prob_neg"]) + float(r["prob_pos"]) == pytest.approx(1.0, abs=1e-5)
         assert r["predicted"] == ("pos" if float(r["prob_pos"]) > 0.5 else "neg")
     # Label names come from the checkpoint; the accuracy is the one the run measured on test.csv.
-    acc = sum(r["predicted"] == ["neg", "pos"][int(t["label"])] for r, t in zip(rows, truth, strict=True)) / len(rows)
+    acc = sum(
+        r["predicted"] == ["neg", "pos"][int(t["label"])] for r, t in zip(rows, truth, strict=True)
+    ) / len(rows)
     assert acc == pytest.approx(read_metrics(text_run)["test/acc"], abs=1e-6)
 
 
@@ -126,7 +137,14 @@ def test_predict_sentences_in_process_match_checkpoint(text_ckpt, workdir) -> No
 
     sentences = ["the film was really superb", "a dull and boring plot"]
     out = workdir / "pred_list"  # a folder: the CSV goes inside it
-    path = predict(compose_entry("predict", f"ckpt_path={text_ckpt}", "input=[" + ",".join(f"'{t}'" for t in sentences) + "]", f"out={out}"))
+    path = predict(
+        compose_entry(
+            "predict",
+            f"ckpt_path={text_ckpt}",
+            "input=[" + ",".join(f"'{t}'" for t in sentences) + "]",
+            f"out={out}",
+        )
+    )
     assert path == out / "predictions.csv"
     rows = read_csv(path)
     assert [r["input"] for r in rows] == sentences
@@ -138,16 +156,30 @@ def test_predict_sentences_in_process_match_checkpoint(text_ckpt, workdir) -> No
 def test_predict_image_folder_and_file(image_ckpt, tiny_images, workdir) -> None:
     from src.predict import predict
 
-    rows = read_csv(predict(compose_entry("predict", f"ckpt_path={image_ckpt}", f"input={tiny_images}",
-                                          "batch_size=7", f"out={workdir / 'images.csv'}")))
+    rows = read_csv(
+        predict(
+            compose_entry(
+                "predict",
+                f"ckpt_path={image_ckpt}",
+                f"input={tiny_images}",
+                "batch_size=7",
+                f"out={workdir / 'images.csv'}",
+            )
+        )
+    )
     images = sorted(p for p in tiny_images.rglob("*") if p.is_file())
     assert [Path(r["input"]) for r in rows] == images  # the GIF included, order kept
     assert list(rows[0])[1:] == ["predicted", "prob_blue", "prob_red"]
     assert all(r["predicted"] in ("blue", "red") for r in rows)
 
     one = images[3]
-    (row,) = read_csv(predict(compose_entry("predict", f"ckpt_path={image_ckpt}", f"input={one}",
-                                            f"out={workdir / 'one.csv'}")))
+    (row,) = read_csv(
+        predict(
+            compose_entry(
+                "predict", f"ckpt_path={image_ckpt}", f"input={one}", f"out={workdir / 'one.csv'}"
+            )
+        )
+    )
     same = next(r for r in rows if Path(r["input"]) == one)
     assert float(row["prob_red"]) == pytest.approx(float(same["prob_red"]), abs=1e-5)
 
@@ -164,8 +196,13 @@ def export_in_process(ckpt: Path, fmt: str, out: Path) -> dict:
 
 def test_export_hf_loads_in_transformers_pipeline(text_ckpt, workdir) -> None:
     out = workdir / "hf"
-    proc = run_cli("src.export", f"ckpt_path={text_ckpt}", "format=hf", f"out={out}",
-                   f"hydra.run.dir={workdir / 'export_run'}")
+    proc = run_cli(
+        "src.export",
+        f"ckpt_path={text_ckpt}",
+        "format=hf",
+        f"out={out}",
+        f"hydra.run.dir={workdir / 'export_run'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from transformers import pipeline
 
@@ -208,7 +245,9 @@ def test_export_gives_checkpoint_logits(fmt, modality, text_ckpt, image_ckpt, wo
     with torch.inference_mode():
         expected = model.module(batch)
     if fmt == "onnx":
-        session = ort.InferenceSession(str(out / FILE_NAMES["onnx"]), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(out / FILE_NAMES["onnx"]), providers=["CPUExecutionProvider"]
+        )
         feeds = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
         got = torch.from_numpy(session.run(None, feeds)[0])
     else:
@@ -227,39 +266,58 @@ def test_export_gives_checkpoint_logits(fmt, modality, text_ckpt, image_ckpt, wo
 # --------------------------------------------------------------------------- ensemble
 
 
-def test_ensemble_averages_member_probabilities(text_run, text_ckpt, tiny_bert, text_data, workdir) -> None:
-    second = train(workdir / "text_run_seed7", *text_run_args(tiny_bert, text_data, workdir, seed=7))
-    last = text_run / "checkpoints" / "last.ckpt"
+def test_ensemble_averages_member_probabilities(text_run, text_ckpt, text_data, workdir) -> None:
+    epochs = sorted((text_run / "checkpoints").glob("epoch*.ckpt"))  # save_top_k=2: both epochs
+    assert len(epochs) == 2 and text_ckpt in epochs
     out_dir = workdir / "ensemble"
-    glob = text_run / "checkpoints" / "epoch*.ckpt"  # matches the best checkpoint only
-    proc = run_cli("src.ensemble", f"ckpt_paths=[{last}]", f"run_dirs=[{second}]", f"ckpt_glob='{glob}'",
-                   f"hydra.run.dir={out_dir}")
+    glob = text_run / "checkpoints" / "epoch*.ckpt"
+    proc = run_cli("src.ensemble", f"ckpt_glob='{glob}'", f"hydra.run.dir={out_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["n_members"] == 3
-    # Each member scores what its own training run measured on the same test file.
-    first_run = read_metrics(text_run)
-    assert metrics["member2/ckpt_path"] == str(text_ckpt.resolve())  # found by the glob
-    assert metrics["member2/test/acc"] == pytest.approx(first_run["test/acc"], abs=1e-6)
-    assert metrics["member2/test/loss"] == pytest.approx(first_run["test/loss"], rel=1e-4)
-    assert metrics["member1/test/acc"] == pytest.approx(read_metrics(second)["test/acc"], abs=1e-6)
+    assert metrics["n_members"] == 2
+    best = epochs.index(text_ckpt)
+    assert metrics[f"member{best}/ckpt_path"] == str(text_ckpt.resolve())
+    # A member scores what its own training run measured on the same test file.
+    run_metrics = read_metrics(text_run)
+    assert metrics[f"member{best}/test/acc"] == pytest.approx(run_metrics["test/acc"], abs=1e-6)
+    assert metrics[f"member{best}/test/loss"] == pytest.approx(run_metrics["test/loss"], rel=1e-4)
     # The ensemble's probabilities are the members' mean, example by example.
     texts = [r["text"] for r in read_csv(text_data / "test.csv")]
-    members = [last, Path(read_metrics(second)["best_ckpt_path"]), text_ckpt]
-    mean = torch.stack([checkpoint_probs(c, texts) for c in members]).mean(0)
+    member_probs = [checkpoint_probs(c, texts) for c in epochs]
+    assert not torch.allclose(member_probs[0], member_probs[1])  # two different models
+    mean = torch.stack(member_probs).mean(0)
     rows = read_csv(out_dir / "predictions.csv")
     got = torch.tensor([[float(r["prob_neg"]), float(r["prob_pos"])] for r in rows])
     torch.testing.assert_close(got, mean, atol=1e-5, rtol=0)
     labels = torch.tensor([["neg", "pos"].index(r["label"]) for r in rows])
-    assert metrics["ensemble/test/acc"] == pytest.approx(float((mean.argmax(1) == labels).float().mean()))
-    for key in ("ensemble/test/f1", "member1/test/f1", "members_mean/test/acc"):
+    assert metrics["ensemble/test/acc"] == pytest.approx(
+        float((mean.argmax(1) == labels).float().mean())
+    )
+    for key in ("ensemble/test/f1", "member0/test/f1", "members_mean/test/acc"):
         assert 0.0 <= metrics[key] <= 1.0
+
+
+def test_ensemble_members_from_paths_and_run_dirs(text_run, text_ckpt) -> None:
+    from src.ensemble import member_paths
+    from src.errors import ConfigError
+
+    last = text_run / "checkpoints" / "last.ckpt"
+    cfg = compose_entry("ensemble", f"ckpt_paths=[{last}]", f"run_dirs=[{text_run}]")
+    assert member_paths(cfg) == [last, text_ckpt]  # a run dir stands for its best checkpoint
+    with pytest.raises(ConfigError, match="listed twice"):
+        member_paths(
+            compose_entry("ensemble", f"ckpt_paths=[{text_ckpt}]", f"run_dirs=[{text_run}]")
+        )
 
 
 def test_ensemble_rejects_members_of_another_task(text_ckpt, image_ckpt, workdir) -> None:
     from src.ensemble import ensemble
     from src.errors import ConfigError
 
-    cfg = compose_entry("ensemble", f"ckpt_paths=[{text_ckpt},{image_ckpt}]", f"paths.output_dir={workdir / 'ens_bad'}")
+    cfg = compose_entry(
+        "ensemble",
+        f"ckpt_paths=[{text_ckpt},{image_ckpt}]",
+        f"paths.output_dir={workdir / 'ens_bad'}",
+    )
     with pytest.raises(ConfigError, match="has classes"):
         ensemble(cfg)

@@ -84,6 +84,12 @@ def resumable_train_loader(
 ) -> ResumableDataLoader:
     """A shuffled training loader (random, or `make_sampler(generator=...)`) that resumes mid-epoch."""
     generator = torch.Generator().manual_seed(int(seed))
-    inner = make_sampler(generator=generator) if make_sampler else RandomSampler(dataset, generator=generator)
+    inner = (
+        make_sampler(generator=generator)
+        if make_sampler
+        else RandomSampler(dataset, generator=generator)
+    )
     sampler = EpochSeededSampler(inner, generator, seed)
-    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
+    return ResumableDataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs
+    )
