@@ -335,10 +335,8 @@ def test_ddp_trial_reports_from_rank_zero_and_prunes(
             sweep_dir,
             tiny_bert,
             tiny_text_data,
-            "trainer.strategy=ddp",
-            "trainer.devices=2",
+            "trainer=ddp",  # strategy=ddp, devices=2
             "trainer.accelerator=cpu",
-            "trainer.max_epochs=4",
         )
     )
     (trial,) = load(sweep_dir, "ddp").get_trials()

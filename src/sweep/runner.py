@@ -387,8 +387,11 @@ class Sweep:
             error = last_error_line(log_file, returncode)
         if error:
             trial.set_user_attr("error", error)
-        _tell_safely(self.study, trial, state, value)
-        shown = f"value {value:.4f}" if value is not None else (error or "")
+        frozen = _tell_safely(self.study, trial, state, value)
+        if state == TrialState.PRUNED and frozen is not None and frozen.value is not None:
+            shown = f"after step {frozen.last_step}, last value {frozen.value:.4f}"
+        else:
+            shown = f"value {value:.4f}" if value is not None else (error or "")
         log.info("trial %d %s %s (%s)", trial.number, state.name, shown, trial_dir)
         self.report()
 
