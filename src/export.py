@@ -56,13 +56,17 @@ def sample_batch(model: LoadedModel, n: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
-def dynamic_axes(input_names: list[str], modality: str) -> dict[str, dict[int, str]]:
-    axes = {
-        name: {0: "batch", 1: "sequence"} if modality == "text" else {0: "batch"}
-        for name in input_names
-    }
-    axes["logits"] = {0: "batch"}
-    return axes
+def dynamic_shapes(model: LoadedModel, input_names: list[str]) -> tuple[tuple[dict[int, Any], ...]]:
+    """Any batch size (and, for text, any length up to the position embeddings) in the graph."""
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1)
+    if model.modality != "text":
+        return (tuple({0: batch} for _ in input_names),)
+    max_len = int(getattr(model.module.network.model.config, "max_position_embeddings", 512))
+    sequence = Dim("sequence", min=1, max=max_len)
+    # One entry per positional input of TensorInputs.forward (*tensors: one tuple).
+    return (tuple({0: batch, 1: sequence} for _ in input_names),)
 
 
 def export_hf(model: LoadedModel, out: Path) -> None:
@@ -77,17 +81,19 @@ def export_hf(model: LoadedModel, out: Path) -> None:
 def export_onnx(model: LoadedModel, out: Path, batch: dict[str, torch.Tensor], opset: int) -> None:
     names = list(batch)
     wrapper = TensorInputs(model.module.network, names).eval()
-    # The TorchScript-based exporter: it takes dynamic_axes directly and handles HF encoders and
-    # torchvision CNNs alike; no onnxscript needed at export time.
+    # torch.export-based exporter (the default since torch 2.9; the TorchScript-based one is
+    # deprecated): the graph is captured once, with symbolic batch / sequence dimensions.
     torch.onnx.export(
         wrapper,
         tuple(batch.values()),
         str(out / FILE_NAMES["onnx"]),
         input_names=names,
         output_names=["logits"],
-        dynamic_axes=dynamic_axes(names, model.modality),
+        dynamic_shapes=dynamic_shapes(model, names),
         opset_version=opset,
-        dynamo=False,
+        dynamo=True,
+        # One self-contained file unless the weights pass protobuf's 2 GB limit.
+        external_data=sum(p.numel() * p.element_size() for p in wrapper.parameters()) > 1.8 * 2**30,
     )
 
 
