@@ -4,13 +4,15 @@
 
 For each `logs/ft_<experiment>/runs/<latest>`: best val accuracy, test accuracy (of the best
 checkpoint), trainable parameters (first -> last epoch, from the `params/trainable` scalar) and
-time per epoch (training + validation, from TensorBoard's wall times: the first `params/*` event at
-train start to the last epoch's `val/acc`).
+seconds per epoch (training + validation, from TensorBoard's wall times: train start, then each
+epoch's `val/acc`), the fastest and the median epoch: on a shared CPU the fastest is the least
+disturbed by other jobs.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,8 +44,8 @@ def row(name: str, run: Path) -> str:
     ev = events(run)
     trainable = [int(e.value) for e in sorted(ev["params/trainable"], key=lambda e: e.wall_time)]
     start = min(e.wall_time for e in ev["params/trainable"])
-    vals = sorted(ev["val/acc"], key=lambda e: e.wall_time)
-    per_epoch = (vals[-1].wall_time - start) / len(vals)
+    ends = [start] + sorted(e.wall_time for e in ev["val/acc"])
+    epochs = sorted(b - a for a, b in zip(ends, ends[1:], strict=False))
     params = (
         f"{trainable[0]:,}"
         if trainable[0] == trainable[-1]
@@ -51,13 +53,14 @@ def row(name: str, run: Path) -> str:
     )
     return (
         f"| {name} | {metrics['val/acc']:.4f} | {metrics['test/acc']:.4f} | {metrics['best_epoch']} "
-        f"| {params} | {per_epoch:.1f} |"
+        f"| {params} | {epochs[0]:.0f} / {statistics.median(epochs):.0f} |"
     )
 
 
 def main(logs: Path) -> None:
     print(
-        "| experiment | val acc (best epoch) | test acc | best epoch | trainable params | s / epoch |"
+        "| experiment | val acc (best epoch) | test acc | best epoch | trainable params "
+        "| s / epoch (min / median) |"
     )
     print("|---|---|---|---|---|---|")
     for name in EXPERIMENTS:
