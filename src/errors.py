@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
@@ -56,20 +58,26 @@ class CheckOutputDir(HydraCallback):
 
     @staticmethod
     def _check(config: Any, key: str) -> None:
-        import os
-        from pathlib import Path
-
         from omegaconf import OmegaConf
 
         try:
             path = Path(str(OmegaConf.select(config, key)))
         except Exception:  # unresolvable interpolation: Hydra reports it itself
             return
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".ftlab-write-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            print(f"error: {key}={str(path)!r} is not writable: {e.strerror or e}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        with exit_on_user_error():
+            ensure_writable_dir(path, key)
+
+
+def ensure_writable_dir(path: Path, key: str) -> None:
+    """Create `path` and write a probe file there, so an unwritable dir fails now, not after hours."""
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"{key}={str(path)!r} is not writable: {blocking} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".ftlab-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"{key}={str(path)!r} is not writable: {reason}") from e

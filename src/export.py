@@ -23,9 +23,8 @@ import torch
 from omegaconf import DictConfig
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
-from src.errors import ConfigError, exit_on_user_error
+from src.errors import ConfigError, ensure_writable_dir, exit_on_user_error
 from src.predict import LoadedModel, load_model
-from src.run import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
-from src.errors import ConfigError, DataError, exit_on_user_error
-from src.run import ensure_writable_dir
+from src.errors import ConfigError, DataError, ensure_writable_dir, exit_on_user_error
 
 log = logging.getLogger(__name__)
 

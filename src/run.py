@@ -96,23 +96,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def ensure_writable_dir(path: Path, key: str) -> None:
-    """Create `path` and write a probe file there, so an unwritable dir fails now, not after hours."""
-    from src.errors import ConfigError
-
-    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(f"{key}={str(path)!r} is not writable: {blocking} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".ftlab-write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise ConfigError(f"{key}={str(path)!r} is not writable: {reason}") from e
-
-
 def log_final_results(
     loggers: list[Logger],
     cfg: DictConfig,
@@ -210,7 +193,9 @@ class ExactResume(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng = state_dict.get("rng")
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
         self._loader_states = fit_loop.get("state_dict", {}).get("combined_loader") or None
 
@@ -243,7 +228,13 @@ def rng_states() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "numpy": [
+            str(name),
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ],
         "python": [version, list(internal), py_gauss],
     }
 
@@ -271,7 +262,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     a reader sees the old checkpoint or the new one, never a part.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):
             return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec
         target = Path(str(path).removeprefix("file://"))
@@ -304,7 +297,9 @@ def check_resume_checkpoint(path: str, module: L.LightningModule) -> None:
         ) from e
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or "global_step" not in ckpt:
-        raise ConfigError(f"ckpt_path={path!r} is not a Lightning training checkpoint (no state_dict / global_step)")
+        raise ConfigError(
+            f"ckpt_path={path!r} is not a Lightning training checkpoint (no state_dict / global_step)"
+        )
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
     missing = sorted(expected.keys() - found.keys())
