@@ -46,7 +46,7 @@ def search_config(
         "direction": "maximize",
         "heartbeat_interval": 1,
         "grace_period": 3,
-        "report_interval_s": 0,
+        "report_interval_s": 3600,  # plots at the end only: they cost CPU the trials need
         "sampler": sampler
         or {"_target_": "optuna.samplers.TPESampler", "seed": 7, "n_startup_trials": 3},
         "pruner": pruner,
@@ -114,6 +114,16 @@ def load(sweep_dir: Path, name: str, storage: str | None = None) -> optuna.Study
     return optuna.load_study(
         study_name=name, storage=storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
     )
+
+
+def _trials_if_created(sweep_dir: Path, name: str) -> list:
+    """The study's trials, or [] while the sweeper has not created it yet."""
+    if not (sweep_dir / "optuna.db").is_file():
+        return []
+    try:
+        return load(sweep_dir, name).get_trials()
+    except Exception:  # the database exists a moment before the study in it
+        return []
 
 
 def read_trials_csv(sweep_dir: Path) -> list[dict[str, str]]:
@@ -244,13 +254,10 @@ def test_killed_sweep_resumes_to_exactly_n_trials(
         deadline = time.time() + 300
         try:
             while time.time() < deadline and first.poll() is None:
-                if (sweep_dir / "optuna.db").is_file():
-                    trials = load(sweep_dir, "resume").get_trials()
-                    if any(t.state in FINISHED for t in trials) and any(
-                        t.state == TrialState.RUNNING for t in trials
-                    ):
-                        time.sleep(2)  # let the trial process get going
-                        break
+                states = {t.state for t in _trials_if_created(sweep_dir, "resume")}
+                if states & set(FINISHED) and TrialState.RUNNING in states:
+                    time.sleep(2)  # let the trial process get going
+                    break
                 time.sleep(0.5)
         finally:
             first.send_signal(signal.SIGKILL)
@@ -285,10 +292,10 @@ def test_two_sweep_commands_share_one_study_and_survive_a_nan_trial(
 ) -> None:
     """Two commands started together on one SQLite storage finish n_trials between them; the
     trial whose loss goes NaN (lr 1e30) is FAIL with its error, and both sweeps complete."""
-    grid = {"optimizer.lr": [0.003, 0.01, 1.0e30]}
+    grid = {"optimizer.lr": [0.003, 1.0e30]}
     sampler = {"_target_": "optuna.samplers.GridSampler", "search_space": grid}
-    params = {"optimizer.lr": "choice(0.003, 0.01, 1.0e30)"}
-    search_config(tmp_path, "shared", n_trials=3, sampler=sampler, params=params)
+    params = {"optimizer.lr": "choice(0.003, 1.0e30)"}
+    search_config(tmp_path, "shared", n_trials=2, sampler=sampler, params=params)
     sweep_dir = tmp_path / "sweep"
     cmd = sweep_cmd("shared", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
     procs = [
@@ -300,14 +307,14 @@ def test_two_sweep_commands_share_one_study_and_survive_a_nan_trial(
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[-2000:] for o in outputs]
     trials = load(sweep_dir, "shared").get_trials()
-    _assert_shared(trials, 3, states=(*FINISHED, TrialState.FAIL))
+    _assert_shared(trials, 2, states=(*FINISHED, TrialState.FAIL))
     by_lr = {t.params["optimizer.lr"]: t for t in trials}
     assert sorted(by_lr) == sorted(grid["optimizer.lr"])  # each grid point once
-    assert by_lr[0.003].state == by_lr[0.01].state == TrialState.COMPLETE
+    assert by_lr[0.003].state == TrialState.COMPLETE
     assert by_lr[1e30].state == TrialState.FAIL
     assert "nan" in by_lr[1e30].user_attrs["error"].lower(), by_lr[1e30].user_attrs
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert results["counts"]["fail"] == 1 and results["counts"]["complete"] == 2
+    assert results["counts"]["fail"] == 1 and results["counts"]["complete"] == 1
     rows = {r["number"]: r for r in read_trials_csv(sweep_dir)}
     assert "nan" in rows[str(by_lr[1e30].number)]["error"]
 
@@ -419,7 +426,7 @@ def test_postgres_two_workers_one_study(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, postgres_url: str
 ) -> None:
     """Two sweep commands, as two machines would run them, share one study in PostgreSQL."""
-    search_config(tmp_path, "pg", n_trials=3)
+    search_config(tmp_path, "pg", n_trials=2)
     procs = []
     for machine in ("a", "b"):  # each "machine" has its own sweep dir, only the database is shared
         cmd = sweep_cmd(
@@ -446,7 +453,7 @@ def test_postgres_two_workers_one_study(
         load(
             tmp_path, "pg", storage=postgres_url.replace("postgresql://", "postgresql+psycopg://")
         ).get_trials(),
-        3,
+        2,
     )
     for machine, output in zip("ab", outputs, strict=False):
         assert PG_PASSWORD not in output  # masked in logs
