@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+
+from src.errors import FtlabError
 
 log = logging.getLogger(__name__)
 
@@ -316,3 +319,41 @@ def check_resume_checkpoint(path: str, module: L.LightningModule) -> None:
             f"{len(unexpected)} unexpected, {len(reshaped)} of another shape; {example}); resume with "
             "the model and task config of the run that wrote it"
         )
+
+
+class NonFiniteLossError(FtlabError):
+    """The loss went NaN/inf: the run diverged."""
+
+
+class FiniteLossCheck(Callback):
+    """Fail the run when the training loss stops being finite.
+
+    Looks at the loss every `every_n_steps` steps only (each look is a device->host sync), and at
+    every validation at `val/loss`, which Lightning has already synced.
+    """
+
+    def __init__(self, every_n_steps: int = 25) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"train/loss is {float(loss)} at epoch {trainer.current_epoch} step {trainer.global_step}: the run diverged (try a lower optimizer.lr)"
+            )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and value is not None and not math.isfinite(float(value)):
+            raise NonFiniteLossError(
+                f"val/loss is {float(value)} after epoch {trainer.current_epoch}: the run diverged (try a lower optimizer.lr)"
+            )

@@ -166,7 +166,7 @@ def test_gpu_assignment_and_masking(tmp_path: Path) -> None:
     assert "hunter2" not in mask_url("postgresql+psycopg://me:hunter2@db:5432/optuna")
     log = tmp_path / "trial.log"
     log.write_text(
-        "Traceback...\nsrc.sweep.trial.NonFiniteLossError: boom\nerror: val/loss is nan after epoch 0\n"
+        "Traceback...\nsrc.run.NonFiniteLossError: boom\nerror: val/loss is nan after epoch 0\n"
     )
     assert last_error_line(log, 2) == "val/loss is nan after epoch 0"
 

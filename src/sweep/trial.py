@@ -39,19 +39,13 @@ ENV_PARENT_PID = "FTLAB_SWEEP_PARENT_PID"
 PRUNED_MARKER = "pruned.json"
 
 
-class NonFiniteLossError(FtlabError):
-    """The loss went NaN/inf: the trial diverged."""
-
-
 def sweep_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Callbacks for a sweep trial (pruning report + NaN check); none outside a sweep."""
+    """Callbacks for a sweep trial (pruning report); none outside a sweep. The NaN check
+    (`src.run.FiniteLossCheck`) is in every run's callbacks."""
     if not os.environ.get(ENV_TRIAL_ID):
         return []
     _die_with_sweeper()
-    return [
-        FiniteLossCheck(),
-        TrialReporter(cfg.monitor, Path(cfg.paths.output_dir)),
-    ]
+    return [TrialReporter(cfg.monitor, Path(cfg.paths.output_dir))]
 
 
 def _die_with_sweeper() -> None:
@@ -70,40 +64,6 @@ def _die_with_sweeper() -> None:
         raise FtlabError(
             "the sweeper that started this trial is gone; not training an orphan trial"
         )
-
-
-class FiniteLossCheck(Callback):
-    """Fail the run when the training loss stops being finite.
-
-    Looks at the loss every `every_n_steps` steps only (each look is a device->host sync), and at
-    every validation at `val/loss`, which Lightning has already synced.
-    """
-
-    def __init__(self, every_n_steps: int = 25) -> None:
-        self.every_n_steps = every_n_steps
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if trainer.global_step % self.every_n_steps:
-            return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLossError(
-                f"train/loss is {float(loss)} at epoch {trainer.current_epoch} step {trainer.global_step}: the run diverged (try a lower optimizer.lr)"
-            )
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        value = trainer.callback_metrics.get("val/loss")
-        if not trainer.sanity_checking and value is not None and not math.isfinite(float(value)):
-            raise NonFiniteLossError(
-                f"val/loss is {float(value)} after epoch {trainer.current_epoch}: the run diverged (try a lower optimizer.lr)"
-            )
 
 
 class TrialReporter(Callback):
