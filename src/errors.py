@@ -72,7 +72,9 @@ def ensure_writable_dir(path: Path, key: str) -> None:
     """Create `path` and write a probe file there, so an unwritable dir fails now, not after hours."""
     blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        raise ConfigError(f"{key}={str(path)!r} is not writable: {blocking} is a file, not a folder")
+        raise ConfigError(
+            f"{key}={str(path)!r} is not writable: {blocking} is a file, not a folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".ftlab-write-probe-{os.getpid()}"

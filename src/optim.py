@@ -36,7 +36,9 @@ def group_param_groups(
     if decay:
         groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay})
     if no_decay:
-        groups.append({"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+        groups.append(
+            {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0}
+        )
     return groups
 
 
@@ -81,7 +83,9 @@ def build_scheduler(name: str, optimizer: Optimizer, warmup: float, total_steps:
     n_warmup = warmup_steps(warmup, total_steps)
     if name == "one_cycle":
         # a partial, not a lambda: LambdaLR saves callable objects' state in checkpoints
-        return LambdaLR(optimizer, partial(slanted_triangular, n_up=max(1, n_warmup), total_steps=total_steps))
+        return LambdaLR(
+            optimizer, partial(slanted_triangular, n_up=max(1, n_warmup), total_steps=total_steps)
+        )
     if name == "constant":
         return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=n_warmup)
     if name in ("linear", "cosine"):

@@ -55,7 +55,9 @@ def build_data_and_module(cfg: DictConfig, pretrained_weights: bool = True):
         network=network,
         label_names=datamodule.label_names,
         optimizer=instantiate(cfg.optimizer),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
+        if cfg.get("scheduler")
+        else None,
         lr_decay=float(cfg.finetune.get("lr_decay", 1.0)) if cfg.get("finetune") else 1.0,
         label_smoothing=float(cfg.loss.label_smoothing),
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -65,7 +67,9 @@ def build_data_and_module(cfg: DictConfig, pretrained_weights: bool = True):
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision"), trainer_cfg.get("accelerator", "auto"))
+    trainer_cfg["precision"] = resolve_precision(
+        trainer_cfg.get("precision"), trainer_cfg.get("accelerator", "auto")
+    )
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + (extra_callbacks or [])
     callbacks.append(ExactResume())  # RNG states and the loader's position in checkpoints
     try:
@@ -104,7 +108,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resume_checkpoint(ckpt_path, module)
 
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
-    trainer = build_trainer(cfg, extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune")), *sweep_callbacks(cfg)])
+    trainer = build_trainer(
+        cfg,
+        extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune")), *sweep_callbacks(cfg)],
+    )
     maybe_find_lr(cfg, trainer, module, datamodule, resuming=ckpt_path is not None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 

@@ -464,7 +464,9 @@ def test_lora_param_groups_hold_only_trainable(tiny_bert, tmp_path) -> None:
     assert set(groups) == {"head", "head/no_decay", "layer0", "layer1"}
     assert all("lora_" in n for g in ("layer0", "layer1") for n in groups[g])
     lrs = {g["name"]: g["initial_lr"] for g in trainer.optimizers[0].param_groups}
-    assert lrs["layer1"] == pytest.approx(LR * 0.5**2) and lrs["layer0"] == pytest.approx(LR * 0.5**3)
+    assert lrs["layer1"] == pytest.approx(LR * 0.5**2) and lrs["layer0"] == pytest.approx(
+        LR * 0.5**3
+    )
 
 
 # --------------------------------------------------------------------------- config errors

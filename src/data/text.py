@@ -48,7 +48,9 @@ def load_local_split(path: str, cache_dir: str) -> Any:
         raise DataError(f"cannot read {file}: suffix {suffix!r}; valid: {', '.join(READERS)}")
     builder, options = READERS[suffix]
     if not _has_rows(file, header=builder == "csv"):
-        raise DataError(f"{file} has no examples (empty{', or a header line only' if builder == 'csv' else ''})")
+        raise DataError(
+            f"{file} has no examples (empty{', or a header line only' if builder == 'csv' else ''})"
+        )
     try:
         return load_dataset(
             builder, data_files={"data": str(file)}, split="data", cache_dir=cache_dir, **options
@@ -61,7 +63,9 @@ def load_local_split(path: str, cache_dir: str) -> Any:
         if decode is not None or "Invalid UTF8" in str(chain[-1]):
             where = f" ({decode.reason} at byte {decode.start})" if decode else ""
             raise DataError(f"{file} is not UTF-8 text{where}") from e
-        raise DataError(f"cannot parse {file} as {suffix[1:]}: {str(chain[-1]).splitlines()[0]}") from e
+        raise DataError(
+            f"cannot parse {file} as {suffix[1:]}: {str(chain[-1]).splitlines()[0]}"
+        ) from e
 
 
 def _has_rows(file: Path, header: bool) -> bool:
@@ -302,7 +306,9 @@ class TextDataModule(L.LightningDataModule):
 
             # Random megabatches of 50 batches, sorted by length inside: little padding, and
             # the order still changes every epoch (seeded).
-            make_sampler = functools.partial(LengthGroupedSampler, self.batch_size, lengths=ds["length"])
+            make_sampler = functools.partial(
+                LengthGroupedSampler, self.batch_size, lengths=ds["length"]
+            )
 
         # Epoch-seeded and resumable: a run killed mid-epoch resumes on the same batches.
         return resumable_train_loader(
