@@ -37,12 +37,12 @@ tensorboard: install
 	$(VENV)/bin/tensorboard --logdir logs $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests hydra_plugins
+	$(VENV)/bin/ruff format --check src tests hydra_plugins
 
 format: install
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests hydra_plugins
+	$(VENV)/bin/ruff format src tests hydra_plugins
 
 clean:
 	rm -rf logs outputs multirun .cache .pytest_cache .ruff_cache
