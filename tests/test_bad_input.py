@@ -115,7 +115,7 @@ CASES: dict[str, Case] = {
         "src.train", text("model.pretrained=no-such-org/no-such-model"), "no-such-org/no-such-model"
     ),
     "model_dir_without_config": Case(
-        "src.train", text("model.pretrained={empty_dir}"), "cannot load model dir"
+        "src.train", text("model.pretrained={empty_dir}"), "has no config.json"
     ),
     "unknown_torchvision_weights": Case(
         "src.train", image("model.weights=IMAGENET9"), "model.weights='IMAGENET9'"
