@@ -154,3 +154,30 @@ def test_missing_image_root_is_named(tmp_path) -> None:
     dm = ImageDataModule(PRE, root=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="nowhere/train.*data.root"):
         dm.setup()
+
+
+def test_cache_entry_published_by_another_process_is_kept(
+    tokenizer, tiny_text_data, tmp_path, monkeypatch
+) -> None:
+    """Parallel sweep trials tokenize the same data at once: the loser of the race must not
+    delete the entry the winner published (and may be reading)."""
+    from pathlib import Path
+
+    files = {
+        "train_file": str(tiny_text_data / "train.csv"),
+        "test_file": str(tiny_text_data / "test.csv"),
+    }
+    first = text_dm(tokenizer, tmp_path, **files)
+    first.setup()
+    (entry,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    inode = entry.stat().st_ino
+    # The second process looked before the first one published: it misses the cache.
+    is_file = Path.is_file
+    monkeypatch.setattr(
+        Path, "is_file", lambda self: False if self.name == "dataset_dict.json" else is_file(self)
+    )
+    second = text_dm(tokenizer, tmp_path, **files)
+    second.setup()
+    assert entry.stat().st_ino == inode
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temp dir left
+    assert second.splits["train"]["input_ids"] == first.splits["train"]["input_ids"]

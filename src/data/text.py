@@ -92,6 +92,17 @@ def _file_identity(path: str | None) -> list[Any] | None:
     return [str(Path(path).expanduser().resolve()), st.st_size, st.st_mtime_ns]
 
 
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """What decides the token ids: vocab, normalizer, pre-tokenizer, model; not the truncation
+    and padding state, which the backend keeps from its last call."""
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        return str(tokenizer.name_or_path)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
 class TextDataModule(L.LightningDataModule):
     """Train/val/test splits from local files (or the hub), tokenized once and cached on disk.
 
@@ -216,9 +227,7 @@ class TextDataModule(L.LightningDataModule):
         spec = {
             "files": {s: _file_identity(f) for s, f in self.files.items()},
             "hub": self.hub if not _file_identity(self.files["train"]) else None,
-            "tokenizer": hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
-            if hasattr(tok, "backend_tokenizer")
-            else tok.name_or_path,
+            "tokenizer": _tokenizer_fingerprint(tok),
             "columns": [self.text_columns, self.label_column, self.label_names],
             "max_length": self.max_length,
             "val": [self.val_fraction, self.seed, self.limit_train],
@@ -251,8 +260,13 @@ class TextDataModule(L.LightningDataModule):
             tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
             DatasetDict(splits).save_to_disk(str(tmp))
             (tmp / "label_names.json").write_text(json.dumps(self.label_names))
-            shutil.rmtree(cache, ignore_errors=True)
-            os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+            try:
+                # Atomic: a killed run never leaves a half-written cache entry.
+                os.replace(tmp, cache)
+            except OSError:
+                # Another process (a parallel sweep trial) published the same entry first; it is
+                # identical and may be in use (memory-mapped), so keep it and drop ours.
+                shutil.rmtree(tmp, ignore_errors=True)
             splits = dict(load_from_disk(str(cache)))
         self.splits = splits
 
