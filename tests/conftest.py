@@ -115,3 +115,17 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
+
+
+def tiny_text_overrides(tiny_bert: Path, data: Path) -> list[str]:
+    """The keyword task on the tiny BERT: model, data and precision overrides every tiny text
+    run shares (fp32, so results are exact across runs)."""
+    return [
+        "task=text_csv",
+        f"model.pretrained={tiny_bert}",
+        f"data.train_file={data / 'train.csv'}",
+        f"data.test_file={data / 'test.csv'}",
+        "data.val_fraction=0.25",
+        "data.batch_size=8",
+        "trainer.precision=32-true",
+    ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUIET, read_metrics, run_cli
+from tests.conftest import QUIET, read_metrics, run_cli, tiny_text_overrides
 
 CONTRACT = [
     "val/loss",
@@ -26,15 +26,9 @@ CONTRACT = [
 
 def text_args(tiny_bert: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        "task=text_csv",
-        f"model.pretrained={tiny_bert}",
-        f"data.train_file={data / 'train.csv'}",
-        f"data.test_file={data / 'test.csv'}",
-        "data.val_fraction=0.25",
-        "data.batch_size=8",
+        *tiny_text_overrides(tiny_bert, data),
         "optimizer.lr=3e-3",
         "trainer.max_epochs=4",
-        "trainer.precision=32-true",
         f"paths.cache_dir={run_dir.parent / 'cache'}",
         f"hydra.run.dir={run_dir}",
         *QUIET,

@@ -19,7 +19,7 @@ from src.errors import ConfigError
 from src.finetune import check_finetune_config, finetune_callbacks, prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network
-from tests.conftest import QUIET, run_cli
+from tests.conftest import QUIET, run_cli, tiny_text_overrides
 
 LABELS = ["neg", "pos"]
 LR = 1e-2
@@ -534,14 +534,8 @@ def test_lora_unknown_target_module_lists_linear_layers(tiny_bert) -> None:
 
 def cli_text_args(tiny_bert: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        "task=text_csv",
-        f"model.pretrained={tiny_bert}",
-        f"data.train_file={data / 'train.csv'}",
-        f"data.test_file={data / 'test.csv'}",
-        "data.val_fraction=0.25",
-        "data.batch_size=8",
+        *tiny_text_overrides(tiny_bert, data),
         "optimizer.lr=3e-3",
-        "trainer.precision=32-true",
         "trainer.log_every_n_steps=1",
         f"paths.cache_dir={run_dir.parent / 'cache'}",
         f"hydra.run.dir={run_dir}",

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from src.sweep.runner import gpu_assignment, last_error_line
 from src.sweep.space import parse_params, split_arguments, to_overrides
 from src.sweep.study import mask_url, retry_of
-from tests.conftest import QUIET, ROOT
+from tests.conftest import QUIET, ROOT, tiny_text_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -76,13 +76,7 @@ def sweep_cmd(
         "-m",
         f"hydra.searchpath=[file://{folder}]",
         f"hparams_search={name}",
-        "task=text_csv",
-        f"model.pretrained={tiny_bert}",
-        f"data.train_file={data / 'train.csv'}",
-        f"data.test_file={data / 'test.csv'}",
-        "data.val_fraction=0.25",
-        "data.batch_size=8",
-        "trainer.precision=32-true",
+        *tiny_text_overrides(tiny_bert, data),
         "trainer.max_epochs=4",
         "scheduler=constant",
         "trainer.log_every_n_steps=1",
