@@ -44,12 +44,12 @@ from src.tuning import maybe_find_lr
 log = logging.getLogger(__name__)
 
 
-def build_data_and_module(cfg: DictConfig, pretrained_weights: bool = True):
+def build_data_and_module(cfg: DictConfig):
     """The data module (set up, so its labels are known) and the LightningModule for `cfg`."""
     processor = build_processor(cfg.model)
     datamodule = instantiate(cfg.data, processor=processor, _recursive_=False)
     datamodule.setup("fit")
-    network = build_network(cfg.model, datamodule.label_names, pretrained_weights)
+    network = build_network(cfg.model, datamodule.label_names)
     network = prepare_network(network, cfg.get("finetune"))
     module = Classifier(
         network=network,
