@@ -14,6 +14,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from src.data.resumable import resumable_train_loader
+from src.data.splits import fold_split, stratified_split
 from src.errors import DataError
 from src.models.networks import ImagePreprocessing
 
@@ -73,19 +74,6 @@ class _AsDict(Dataset):
         return {"pixel_values": image, "labels": label}
 
 
-def stratified_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) indices: `fraction` of each class goes to val, chosen with `seed`."""
-    g = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for c in sorted(set(targets)):
-        idx = [i for i, t in enumerate(targets) if t == c]
-        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
-        n_val = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
-        val += perm[:n_val]
-        train += perm[n_val:]
-    return sorted(train), sorted(val)
-
-
 class ImageDataModule(L.LightningDataModule):
     """`root/train/<class>/*` (+ optional `root/val`, `root/test`) as ImageFolder data sets."""
 
@@ -103,6 +91,8 @@ class ImageDataModule(L.LightningDataModule):
         color_jitter: float = 0.2,
         num_workers: int = 2,
         seed: int = 42,
+        folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         self.pre = processor
@@ -115,6 +105,8 @@ class ImageDataModule(L.LightningDataModule):
         self.color_jitter = color_jitter
         self.num_workers = num_workers
         self.seed = seed
+        # Cross-validation: val is fold `fold` of `folds` stratified folds of train.
+        self.folds, self.fold = folds, fold
         self.label_names: list[str] | None = None
         self.splits: dict[str, Dataset] | None = None
 
@@ -144,14 +136,25 @@ class ImageDataModule(L.LightningDataModule):
         train = self._folder("train", train_transform=True)
         self.label_names = list(train.classes)
         splits: dict[str, Dataset] = {}
-        if (self.root / self.dirs["val"]).is_dir():
+        has_val = (self.root / self.dirs["val"]).is_dir()
+        has_test = (self.root / self.dirs["test"]).is_dir()
+        if self.folds:
+            # Cross-validation folds the training images; a val folder becomes the test split
+            # (when there is no test folder), so every fold is tested on the same held-out data.
+            train_idx, val_idx = fold_split(train.targets, self.folds, self.fold, self.seed)
+            splits["train"] = Subset(train, train_idx)
+            splits["val"] = Subset(self._folder("train", train_transform=False), val_idx)
+            if not has_test and has_val:
+                splits["test"] = self._folder("val", train_transform=False)
+        elif has_val:
             splits["train"], splits["val"] = train, self._folder("val", train_transform=False)
         else:
             train_idx, val_idx = stratified_split(train.targets, self.val_fraction, self.seed)
             splits["train"] = Subset(train, train_idx)
             splits["val"] = Subset(self._folder("train", train_transform=False), val_idx)
-        has_test = (self.root / self.dirs["test"]).is_dir()
-        splits["test"] = self._folder("test", train_transform=False) if has_test else splits["val"]
+        if has_test:
+            splits["test"] = self._folder("test", train_transform=False)
+        splits.setdefault("test", splits["val"])
         for split in ("val", "test"):
             ds = splits[split]
             classes = (ds.dataset if isinstance(ds, Subset) else ds).classes

@@ -130,6 +130,8 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str = ".cache/tokenized",
         seed: int = 42,
+        folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = processor
@@ -147,6 +149,8 @@ class TextDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.seed = seed
+        # Cross-validation: val is fold `fold` of `folds` stratified folds of train.
+        self.folds, self.fold = folds, fold
         self.splits: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loading
@@ -230,7 +234,7 @@ class TextDataModule(L.LightningDataModule):
             "tokenizer": _tokenizer_fingerprint(tok),
             "columns": [self.text_columns, self.label_column, self.label_names],
             "max_length": self.max_length,
-            "val": [self.val_fraction, self.seed, self.limit_train],
+            "val": [self.val_fraction, self.seed, self.limit_train, self.folds, self.fold],
             "version": 1,
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
@@ -274,7 +278,16 @@ class TextDataModule(L.LightningDataModule):
         train = raw["train"]
         if self.limit_train is not None and self.limit_train < len(train):
             train = train.shuffle(seed=self.seed).select(range(self.limit_train))
-        if "val" not in raw:
+        if self.folds:
+            from src.data.splits import fold_split
+
+            # Cross-validation folds the training data; a val file becomes the test split
+            # (when there is no test file), so every fold is tested on the same held-out data.
+            train_idx, val_idx = fold_split(train["labels"], self.folds, self.fold, self.seed)
+            if "val" in raw:
+                raw.setdefault("test", raw["val"])
+            train, raw["val"] = train.select(train_idx), train.select(val_idx)
+        elif "val" not in raw:
             from datasets import ClassLabel
 
             # Stratified, so a small validation split keeps the class balance of train.
