@@ -43,10 +43,14 @@ def member_paths(cfg: DictConfig) -> list[Path]:
         metrics_file = Path(str(run_dir)).expanduser() / "metrics.json"
         if not metrics_file.is_file():
             raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (not a finished ftlab run)")
-        best = json.loads(metrics_file.read_text()).get("best_ckpt_path")
-        if not best:
-            raise ConfigError(f"run_dirs: {run_dir} has no best checkpoint in its metrics.json")
-        paths.append(Path(best))
+        metrics = json.loads(metrics_file.read_text())
+        # A cross-validation run (cv.folds=K) contributes each fold's best checkpoint.
+        runs = metrics["folds"] if "folds" in metrics else [metrics]
+        for run in runs:
+            best = run.get("best_ckpt_path")
+            if not best:
+                raise ConfigError(f"run_dirs: {run_dir} has no best checkpoint in its metrics.json")
+            paths.append(Path(best))
     if cfg.get("ckpt_glob"):
         found = sorted(Path(p) for p in glob.glob(str(Path(str(cfg.ckpt_glob)).expanduser())))
         if not found:

@@ -85,19 +85,35 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Tra
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last` means this run dir's checkpoints/last.ckpt."""
+    """The checkpoint to resume from. `ckpt_path=last` means this run dir's checkpoints/last.ckpt
+    and fails when there is none; `resume=true` takes it when it exists and starts fresh when not
+    (the same command both starts and resumes a preemptible job)."""
     path = cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("resume"):
+        if path not in (None, "", "last"):
+            raise ConfigError(
+                f"resume=true and ckpt_path={path!r} disagree: resume=true continues this run "
+                "dir's last.ckpt; give one or the other"
+            )
+        if not last.is_file():
+            log.info("resume=true: no %s yet; starting from scratch", last)
+            return None
+        path = "last"
     if path in (None, ""):
         return None
     if path == "last":
-        path = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+        path = str(last)
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file ({path})")
     return path
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test; write metrics.json into the run dir; return the metrics."""
+def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
+    """Fit and test; write metrics.json into the run dir; return the metrics.
+
+    `report_to_sweep=False`: a cross-validation fold, whose per-epoch values the sweep's pruner
+    must not see (src/cv.py reports the running CV mean instead)."""
     started = time.time()
     check_train_config(cfg)
     check_finetune_config(cfg.get("finetune"), cfg.model.modality)
@@ -110,7 +126,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
     trainer = build_trainer(
         cfg,
-        extra_callbacks=[best_val, *finetune_callbacks(cfg.get("finetune")), *sweep_callbacks(cfg)],
+        extra_callbacks=[
+            best_val,
+            *finetune_callbacks(cfg.get("finetune")),
+            *(sweep_callbacks(cfg) if report_to_sweep else []),
+        ],
     )
     maybe_find_lr(cfg, trainer, module, datamodule, resuming=ckpt_path is not None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -157,7 +177,11 @@ def _float_or_none(value: Any) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from src.cv import cross_validate, cv_folds
+
     with exit_on_user_error():
+        if cv_folds(cfg):
+            return cross_validate(cfg)["monitor_value"]
         return train(cfg)["monitor_value"]
 
 

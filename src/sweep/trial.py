@@ -44,11 +44,11 @@ def sweep_callbacks(cfg: DictConfig) -> list[Callback]:
     (`src.run.FiniteLossCheck`) is in every run's callbacks."""
     if not os.environ.get(ENV_TRIAL_ID):
         return []
-    _die_with_sweeper()
+    die_with_sweeper()
     return [TrialReporter(cfg.monitor, Path(cfg.paths.output_dir))]
 
 
-def _die_with_sweeper() -> None:
+def die_with_sweeper() -> None:
     """A trial whose sweeper was killed must not train on as an orphan (Linux: parent-death signal)."""
     try:
         import ctypes
@@ -66,6 +66,44 @@ def _die_with_sweeper() -> None:
         )
 
 
+def load_trial():
+    """This process's Optuna trial, from the environment the sweeper set."""
+    import optuna
+
+    from src.sweep.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = json.loads(os.environ.get(ENV_PRUNER) or "null")
+    storage = open_storage(os.environ[ENV_STORAGE])
+    # The sampler is never used here; RandomSampler keeps Trial() from fitting a TPE model.
+    study = optuna.load_study(
+        study_name=os.environ[ENV_STUDY],
+        storage=storage,
+        pruner=build_pruner(spec),
+        sampler=optuna.samplers.RandomSampler(),
+    )
+    return optuna.trial.Trial(study, int(os.environ[ENV_TRIAL_ID]))
+
+
+def report_cv_fold(cfg: DictConfig, step: int, value: float | None) -> bool:
+    """In a sweep trial that cross-validates: report the running CV mean after fold `step` and
+    return whether the pruner stops the trial (then the pruned marker is written). Outside a
+    sweep: False. The folds themselves report nothing: their per-epoch values restart with
+    every fold, which a pruner cannot compare across trials; the running mean it can."""
+    if not os.environ.get(ENV_TRIAL_ID) or value is None or not math.isfinite(value):
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every DDP rank runs the fold loop; they could not agree on a stop without a
+        # collective between folds, so a multi-process CV trial is never pruned.
+        return False
+    trial = load_trial()
+    trial.report(float(value), step)
+    if not trial.should_prune():
+        return False
+    (Path(cfg.paths.output_dir) / PRUNED_MARKER).write_text(json.dumps({"step": step}) + "\n")
+    return True
+
+
 class TrialReporter(Callback):
     """Report `monitor` after every validation to the Optuna trial; stop when the pruner says so."""
 
@@ -78,22 +116,7 @@ class TrialReporter(Callback):
     def _optuna_trial(self):
         """The trial, loaded on rank 0 only (other ranks never touch the storage)."""
         if self._trial is None:
-            import optuna
-
-            from src.sweep.study import open_storage
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            spec = json.loads(os.environ.get(ENV_PRUNER) or "null")
-            pruner = build_pruner(spec)
-            storage = open_storage(os.environ[ENV_STORAGE])
-            # The sampler is never used here; RandomSampler keeps Trial() from fitting a TPE model.
-            study = optuna.load_study(
-                study_name=os.environ[ENV_STUDY],
-                storage=storage,
-                pruner=pruner,
-                sampler=optuna.samplers.RandomSampler(),
-            )
-            self._trial = optuna.trial.Trial(study, int(os.environ[ENV_TRIAL_ID]))
+            self._trial = load_trial()
         return self._trial
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
