@@ -1,7 +1,9 @@
 """Fine-tuning strategies over layer groups, selected by the `finetune=` config group.
 
 - `full`: every layer group and the head train.
-- `feature_extraction`: every backbone group frozen (BatchNorm in eval mode), the head trains.
+- `feature_extraction`: every backbone group frozen and in eval mode (dropout off, BatchNorm's
+  pretrained statistics), the head trains; the backbone's features are computed once and cached
+  where that is exact (`finetune.feature_cache`, see `src.features`).
 - `partial`: the top `trainable_groups` groups and the head train.
 - `gradual`: ULMFiT; the head first, then one more group (top down) per milestone epoch.
 - `lora`: LoRA adapters (peft) in a BERT-style encoder; only adapters and head train.
@@ -32,6 +34,7 @@ from src.optim import group_lr, group_param_groups, sync_scheduler_groups
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("full", "feature_extraction", "partial", "gradual", "lora")
+FEATURE_CACHE_VALUES = ("auto", True, False)
 
 
 # --------------------------------------------------------------------------- config checks
@@ -58,6 +61,12 @@ def check_finetune_config(finetune_cfg: DictConfig | None, modality: str) -> Non
         raise ConfigError(
             f"finetune.lr_decay={decay!r} is invalid: must be a float > 0 "
             "(1.0: one LR for all groups; 0.8: layer-wise decay; 1/2.6: ULMFiT)"
+        )
+    feature_cache = feature_cache_setting(finetune_cfg)
+    if feature_cache is True and strategy != "feature_extraction":
+        raise ConfigError(
+            f"finetune.feature_cache=true needs finetune=feature_extraction: with "
+            f"finetune={strategy} backbone groups train, so their features change at every step"
         )
     if strategy == "partial":
         _int_at_least(cfg.get("trainable_groups"), "finetune.trainable_groups", 0)
@@ -94,6 +103,19 @@ def check_finetune_config(finetune_cfg: DictConfig | None, modality: str) -> Non
             raise ConfigError(
                 f"finetune.target_modules={targets!r} must be a non-empty list, e.g. [query,value]"
             )
+
+
+def feature_cache_setting(finetune_cfg: DictConfig | None) -> str | bool:
+    """`finetune.feature_cache`: "auto" (on where exact), True (demanded) or False; absent: off,
+    except for feature_extraction, where it is "auto"."""
+    cfg = finetune_cfg or {}
+    default = "auto" if _strategy(finetune_cfg) == "feature_extraction" else False
+    value = cfg.get("feature_cache", default)
+    if value is None:
+        return False
+    if not any(value is v or (isinstance(v, str) and value == v) for v in FEATURE_CACHE_VALUES):
+        raise ConfigError(f"finetune.feature_cache={value!r} is invalid; valid: auto, true, false")
+    return value
 
 
 # --------------------------------------------------------------------------- the network
@@ -166,7 +188,9 @@ class FreezeSchedule(BaseFinetuning):
     leaving requires_grad as the network has it, e.g. LoRA's). At each epoch in `milestones`
     (or every `unfreeze_every` epochs), `groups_per_step` more groups unfreeze, top down.
     Frozen groups keep their BatchNorm layers in eval mode, so running statistics stay as
-    pretrained and normalisation uses them, as at inference.
+    pretrained and normalisation uses them, as at inference. With `frozen_eval`, frozen groups
+    run wholly in eval mode (dropout off too): the frozen part is then a fixed function of the
+    input, which is what makes feature extraction's cached features exact.
     """
 
     def __init__(
@@ -175,12 +199,14 @@ class FreezeSchedule(BaseFinetuning):
         milestones: Sequence[int] = (),
         unfreeze_every: int | None = None,
         groups_per_step: int = 1,
+        frozen_eval: bool = False,
     ) -> None:
         super().__init__()
         self.trainable_groups = trainable_groups
         self.milestones = sorted(int(m) for m in milestones)
         self.unfreeze_every = unfreeze_every
         self.groups_per_step = groups_per_step
+        self.frozen_eval = frozen_eval
         self.trainable: set[str] = set()  # groups this schedule has made trainable
         self._restored_trainable: list[str] | None = None
 
@@ -269,22 +295,23 @@ class FreezeSchedule(BaseFinetuning):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning's "modules in eval mode" check, which would flag frozen BatchNorm
-        self.frozen_batchnorm_to_eval(pl_module)
+        self.frozen_to_eval(pl_module)
         self.log_trainable(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         n_before = len(self.trainable)
         super().on_train_epoch_start(trainer, pl_module)
-        self.frozen_batchnorm_to_eval(pl_module)
+        self.frozen_to_eval(pl_module)
         if len(self.trainable) != n_before:
             self.log_trainable(trainer, pl_module)
 
-    def frozen_batchnorm_to_eval(self, pl_module: L.LightningModule) -> None:
+    def frozen_to_eval(self, pl_module: L.LightningModule) -> None:
+        """Frozen groups' BatchNorm (with `frozen_eval`: all their modules) in eval mode."""
         for name, modules in pl_module.network.layer_groups():
             if name not in self.trainable:
                 for m in modules:
                     for sub in m.modules():
-                        if isinstance(sub, _BatchNorm):
+                        if self.frozen_eval or isinstance(sub, _BatchNorm):
                             sub.eval()
 
     def log_trainable(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -334,7 +361,7 @@ def finetune_callbacks(finetune_cfg: DictConfig | None) -> list[Callback]:
     cfg = finetune_cfg or {}
     strategy = _strategy(finetune_cfg)
     if strategy == "feature_extraction":
-        return [FreezeSchedule(trainable_groups=0)]
+        return [FreezeSchedule(trainable_groups=0, frozen_eval=True)]
     if strategy == "partial":
         return [FreezeSchedule(trainable_groups=int(cfg.trainable_groups))]
     if strategy == "gradual":

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.checks import check_train_config
 from src.errors import ConfigError, exit_on_user_error
+from src.features import maybe_cache_features
 from src.finetune import check_finetune_config, finetune_callbacks, prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network, build_processor
@@ -122,6 +123,7 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     datamodule, module = build_data_and_module(cfg)
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module)
+    datamodule = maybe_cache_features(cfg, datamodule, module)  # frozen backbone: features once
 
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
     trainer = build_trainer(

@@ -8,9 +8,10 @@ written once over these groups and so work the same for CNNs and BERT-style enco
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,12 @@ LayerGroup = tuple[str, tuple[nn.Module, ...]]
 
 
 class Network(nn.Module):
-    """Base class: `forward(batch) -> logits`, plus the structure fine-tuning techniques need."""
+    """Base class: `forward(batch) -> logits`, plus the structure fine-tuning techniques need.
+
+    The frozen part (everything but the head) and the head can also run apart:
+    `head_forward(features(batch)) == forward(batch)`, and `forward` takes a batch holding
+    `"features"` (the frozen part's output, e.g. from the feature cache) instead of raw inputs.
+    """
 
     modality: str
 
@@ -42,6 +48,47 @@ class Network(nn.Module):
     def head_parameters(self) -> Iterator[nn.Parameter]:
         in_groups = {id(p) for _, mods in self.layer_groups() for m in mods for p in m.parameters()}
         return (p for p in self.parameters() if id(p) not in in_groups)
+
+    # -- the frozen part and the head apart (feature extraction's feature cache)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen part's output for `batch`: exactly the head's input, one row per example."""
+        raise NotImplementedError
+
+    def head_forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from `features()`'s output: the rest of `forward`."""
+        raise NotImplementedError
+
+    def feature_cache_blocker(self) -> str | None:
+        """Why `features()` cannot stand in for the frozen part of this network (None: it can).
+
+        Every parameter outside the head must be in a layer group, so that feature extraction
+        freezes all of what `features()` computes.
+        """
+        head = {id(p) for m in self.head_modules() for p in m.parameters()}
+        grouped = {id(p) for _, mods in self.layer_groups() for m in mods for p in m.parameters()}
+        loose = [n for n, p in self.named_parameters() if id(p) not in head | grouped]
+        if loose:
+            return (
+                f"{len(loose)} parameters outside the layer groups and the head ({loose[0]}, ...)"
+            )
+        return None
+
+    def feature_identity(self) -> dict[str, Any]:
+        """What decides `features()`' output: the architecture and the frozen part's weights."""
+        return {"network": type(self).__name__, "frozen_state": self.frozen_state_digest()}
+
+    def frozen_state_digest(self) -> str:
+        """sha256 of the parameters and buffers outside the head (different weights: new key)."""
+        head = {id(t) for m in self.head_modules() for t in (*m.parameters(), *m.buffers())}
+        digest = hashlib.sha256()
+        for name, t in (*self.named_parameters(), *self.named_buffers()):
+            if id(t) in head:
+                continue
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- text (transformers)
@@ -107,6 +154,33 @@ def _first_attr(obj: Any, paths: Sequence[str]) -> Any:
     return None
 
 
+def _pooler_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    # BertForSequenceClassification: classifier(dropout(pooler_output))
+    return model.classifier(model.dropout(features))
+
+
+def _first_token_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    # RoBERTa / ELECTRA classification heads read the first token of the sequence they are given
+    return model.classifier(features[:, None, :])
+
+
+def _distilbert_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    # DistilBertForSequenceClassification on hidden_state[:, 0]
+    return model.classifier(model.dropout(torch.relu(model.pre_classifier(features))))
+
+
+# Sequence-classification models whose head can run apart from the encoder: what the head reads
+# from the encoder's output ("pooler": pooler_output, "first_token": last_hidden_state[:, 0]) and
+# the head itself, as the model's own forward computes it.
+HF_FEATURE_HEADS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]]] = {
+    "BertForSequenceClassification": ("pooler", _pooler_head),
+    "RobertaForSequenceClassification": ("first_token", _first_token_head),
+    "XLMRobertaForSequenceClassification": ("first_token", _first_token_head),
+    "ElectraForSequenceClassification": ("first_token", _first_token_head),
+    "DistilBertForSequenceClassification": ("first_token", _distilbert_head),
+}
+
+
 class HFTextNetwork(Network):
     """A transformers `AutoModelForSequenceClassification`: [embeddings, layer 0..N-1, pooler]."""
 
@@ -118,8 +192,38 @@ class HFTextNetwork(Network):
         self.model = model.train()  # from_pretrained returns eval mode: dropout would stay off
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "features" in batch:
+            return self.head_forward(batch["features"])
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.model(**inputs).logits
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        out = self.model.base_model(**inputs, return_dict=True)
+        source, _ = HF_FEATURE_HEADS[type(self.model).__name__]
+        return out.pooler_output if source == "pooler" else out.last_hidden_state[:, 0]
+
+    def head_forward(self, features: torch.Tensor) -> torch.Tensor:
+        _, head = HF_FEATURE_HEADS[type(self.model).__name__]
+        return head(self.model, features)
+
+    def feature_cache_blocker(self) -> str | None:
+        name = type(self.model).__name__
+        if name not in HF_FEATURE_HEADS:
+            return (
+                f"{name}'s head cannot run apart from its encoder here; supported: "
+                f"{', '.join(HF_FEATURE_HEADS)}"
+            )
+        if HF_FEATURE_HEADS[name][0] == "pooler" and self.model.base_model.pooler is None:
+            return f"{name} has no pooler"
+        return super().feature_cache_blocker()
+
+    def feature_identity(self) -> dict[str, Any]:
+        # the config holds what the weights do not (activation, norm eps, attention settings)
+        config = self.model.config.to_dict()
+        for key in ("id2label", "label2id", "transformers_version", "_name_or_path"):
+            config.pop(key, None)
+        return {**super().feature_identity(), "model": type(self.model).__name__, "config": config}
 
     def layer_groups(self) -> list[LayerGroup]:
         base = self.model.base_model
@@ -206,6 +310,10 @@ TORCHVISION_ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
+class _HeadReached(Exception):
+    """Stops a forward pass at the head: `TorchvisionNetwork.features` has what it needs."""
+
+
 class TorchvisionNetwork(Network):
     """A torchvision classifier whose last linear layer is replaced by a new one."""
 
@@ -217,7 +325,34 @@ class TorchvisionNetwork(Network):
         self.arch = arch
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "features" in batch:
+            return self.head_forward(batch["features"])
         return self.model(batch["pixel_values"])
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The head's input as the architecture's own forward computes it (resnet: avgpool +
+        # flatten; mobilenet / efficientnet: features + pool + flatten): caught on its way in.
+        head = self.head_modules()[0]
+        caught: list[torch.Tensor] = []
+
+        def catch(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            caught.append(args[0])
+            raise _HeadReached
+
+        handle = head.register_forward_pre_hook(catch)
+        try:
+            self.model(batch["pixel_values"])
+        except _HeadReached:
+            pass
+        finally:
+            handle.remove()
+        return caught[0]
+
+    def head_forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head_modules()[0](features)
+
+    def feature_identity(self) -> dict[str, Any]:
+        return {**super().feature_identity(), "arch": self.arch}
 
     def layer_groups(self) -> list[LayerGroup]:
         spec = TORCHVISION_ARCHS[self.arch]
