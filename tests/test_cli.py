@@ -120,6 +120,24 @@ def test_image_folder_run(tiny_images: Path, tmp_path: Path) -> None:
         assert metrics[key] is not None, key
 
 
+def test_a_run_capped_by_max_steps_mid_epoch_finishes(tiny_bert, tiny_text_data, tmp_path) -> None:
+    """`trainer.max_steps=1` (a smoke run, a start-up benchmark) ends before any validation:
+    early stopping must not demand the monitored metric there, and last.ckpt is kept."""
+    run_dir = tmp_path / "one_step"
+    proc = run_cli(
+        "src.train",
+        *tiny_text_overrides(tiny_bert, tiny_text_data),
+        "trainer.max_steps=1",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    assert metrics["global_step"] == 1 and metrics["val/acc"] is None
+    assert Path(metrics["last_ckpt_path"]).is_file()
+
+
 @pytest.mark.parametrize(
     "overrides,needle",
     [
