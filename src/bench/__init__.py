@@ -1,0 +1,1 @@
+"""`python -m src.bench`: ftlab measured against a plain PyTorch loop and HF Trainer."""

@@ -1,0 +1,162 @@
+"""The baselines: a minimal hand-written PyTorch training loop, and Hugging Face's Trainer.
+
+Each gets the same network (built by ftlab's own builder from the same pretrained weights), the
+same examples, batch size, learning rate, schedule, gradient clipping, precision and threads as
+the ftlab run it is compared with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from src.bench.timing import StepLog
+
+
+def _autocast(precision: str):
+    if precision.startswith("bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def plain_loop(
+    network: torch.nn.Module,
+    loader: DataLoader,
+    lr: float,
+    weight_decay: float,
+    max_steps: int,
+    precision: str,
+    warmup_fraction: float = 0.06,
+) -> StepLog:
+    """AdamW + transformers' linear warmup schedule, grad-norm clipping at 1.0, autocast."""
+    from transformers import get_linear_schedule_with_warmup
+
+    network.train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(warmup_fraction * max_steps), max_steps
+    )
+    steps = StepLog()
+    while len(steps.step_ends) < max_steps:
+        steps.epoch_start()
+        for batch in loader:
+            with _autocast(precision):
+                logits = network(batch)
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            steps.step_end(len(batch["labels"]))
+            if len(steps.step_ends) >= max_steps:
+                break
+    return steps
+
+
+def hf_trainer_run(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    train_ds: Any,
+    eval_ds: Any,
+    *,
+    pad_to_128: bool,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    epochs: int,
+    precision: str,
+    seed: int,
+    out_dir: str,
+) -> tuple[StepLog, float]:
+    """Train with transformers' Trainer; return its StepLog and the accuracy on `eval_ds`.
+
+    pad_to_128: as run_glue does by default (`pad_to_max_length`: every example padded to
+    max_seq_length=128 at tokenization); else at its best: dynamic padding
+    (DataCollatorWithPadding) and `group_by_length` batches.
+    """
+    import numpy as np
+    from transformers import (
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
+
+    steps = StepLog()
+
+    class Timer(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            steps.epoch_start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.step_end(batch_size)  # the last batch may be smaller; counted as full
+
+    if pad_to_128:
+        train_ds = _pad_to(train_ds, tokenizer, 128)
+        eval_ds = _pad_to(eval_ds, tokenizer, 128)
+        collator = default_data_collator
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+    args = TrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=128,
+        learning_rate=lr,
+        weight_decay=weight_decay,
+        num_train_epochs=epochs,
+        lr_scheduler_type="linear",
+        warmup_ratio=0.06,
+        max_grad_norm=1.0,
+        bf16=precision.startswith("bf16"),
+        use_cpu=True,
+        group_by_length=not pad_to_128,
+        length_column_name="length",
+        dataloader_num_workers=0,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        seed=seed,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=collator,
+        callbacks=[Timer()],
+    )
+    trainer.train()
+    predictions = trainer.predict(eval_ds)
+    accuracy = float((np.argmax(predictions.predictions, axis=-1) == predictions.label_ids).mean())
+    return steps, accuracy
+
+
+def _pad_to(ds: Any, tokenizer: Any, length: int) -> Any:
+    """Token ids padded to `length`, as a `padding="max_length"` tokenization gives."""
+
+    def pad(batch: dict[str, list]) -> dict[str, Any]:
+        features = [
+            {
+                k: batch[k][i]
+                for k in ("input_ids", "attention_mask", "token_type_ids")
+                if k in batch
+            }
+            for i in range(len(batch["input_ids"]))
+        ]
+        padded = tokenizer.pad(features, padding="max_length", max_length=length)
+        return dict(padded)
+
+    return ds.map(pad, batched=True)
+
+
+def time_it(fn, *args, **kwargs) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - started

@@ -1,0 +1,89 @@
+"""Step timing shared by every contestant of `make bench`: the same clock, the same definition.
+
+A step's time runs from the end of the previous step to the end of this one, so it covers
+fetching the batch, forward, backward, the optimizer, and whatever the loop does per step
+(logging, callbacks). Throughput skips the first `warmup` steps (allocator, worker start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class StepLog:
+    """End-of-step timestamps and batch sizes, plus the epoch starts."""
+
+    def __init__(self) -> None:
+        self.epoch_starts: list[float] = []
+        self.step_ends: list[float] = []
+        self.step_epochs: list[int] = []
+        self.batch_sizes: list[int] = []
+
+    def epoch_start(self) -> None:
+        self.epoch_starts.append(time.perf_counter())
+
+    def step_end(self, batch_size: int) -> None:
+        self.step_ends.append(time.perf_counter())
+        self.step_epochs.append(len(self.epoch_starts) - 1)
+        self.batch_sizes.append(int(batch_size))
+
+    def throughput(self, warmup: int) -> float:
+        """Samples per second over the steps after `warmup`."""
+        if len(self.step_ends) <= warmup + 1:
+            raise ValueError(f"only {len(self.step_ends)} steps timed; need more than {warmup + 1}")
+        seconds = self.step_ends[-1] - self.step_ends[warmup]
+        return sum(self.batch_sizes[warmup + 1 :]) / seconds
+
+    def epoch_times(self) -> list[float]:
+        """Each epoch's training time: its start to its last step's end (validation excluded)."""
+        out = []
+        for epoch, start in enumerate(self.epoch_starts):
+            ends = [t for t, e in zip(self.step_ends, self.step_epochs, strict=True) if e == epoch]
+            if ends:
+                out.append(ends[-1] - start)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepLog:
+        log = cls()
+        for key, value in data.items():
+            setattr(log, key, value)
+        return log
+
+
+class StepTimer(Callback):
+    """The StepLog of a Lightning run, written as JSON to `out` when training ends.
+
+    Add it to any run: `+callbacks.step_timer._target_=src.bench.timing.StepTimer
+    +callbacks.step_timer.out=steps.json`.
+    """
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.steps = StepLog()
+        self.first_step_wall: float | None = None  # time.time() at the end of the first step
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.steps.epoch_start()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        self.steps.step_end(len(batch["labels"]))
+        if self.first_step_wall is None:
+            self.first_step_wall = time.time()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(
+            json.dumps({**self.steps.as_dict(), "first_step_wall": self.first_step_wall})
+        )
