@@ -45,9 +45,24 @@ def check_train_config(cfg: DictConfig) -> None:
     smoothing = cfg.get("loss", {}).get("label_smoothing", 0.0)
     if not 0.0 <= float(smoothing) < 1.0:
         raise ConfigError(f"loss.label_smoothing={smoothing} must be in [0, 1)")
+    check_class_weights(cfg.get("loss", {}).get("class_weights"))
     if cfg.monitor not in MONITORED:
         raise ConfigError(f"monitor={cfg.monitor!r}; valid: {', '.join(MONITORED)}")
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
     if cfg.model.family == "hf" and OmegaConf.is_missing(cfg.model, "pretrained"):
         raise ConfigError("model.pretrained is not set; give a hub id or a local model dir")
+
+
+def check_class_weights(value: object) -> None:
+    """loss.class_weights: null, `balanced`, or a list of positive numbers (length: per data)."""
+    valid = "valid: null, balanced, or a list of positive floats, one per class"
+    if value is None or value == "balanced":
+        return
+    if isinstance(value, str) or not OmegaConf.is_list(value) and not isinstance(value, list):
+        raise ConfigError(f"loss.class_weights={value!r} is invalid; {valid}")
+    weights = list(value)
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+            shown = OmegaConf.to_container(value) if OmegaConf.is_list(value) else weights
+            raise ConfigError(f"loss.class_weights={shown} is invalid: {w!r} is not > 0; {valid}")

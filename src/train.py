@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.checks import check_train_config
+from src.data.report import publish_data_report, resolve_class_weights
 from src.errors import ConfigError, exit_on_user_error
 from src.features import maybe_cache_features
 from src.finetune import check_finetune_config, finetune_callbacks, prepare_network
@@ -61,6 +62,9 @@ def build_data_and_module(cfg: DictConfig):
         else None,
         lr_decay=float(cfg.finetune.get("lr_decay", 1.0)) if cfg.get("finetune") else 1.0,
         label_smoothing=float(cfg.loss.label_smoothing),
+        class_weights=resolve_class_weights(
+            cfg.loss.get("class_weights"), datamodule.data_report["splits"]["train"]["class_counts"]
+        ),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     return datamodule, module
@@ -134,6 +138,8 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
             *(sweep_callbacks(cfg) if report_to_sweep else []),
         ],
     )
+    if trainer.is_global_zero:  # <run dir>/data_report.json and TensorBoard's text tab
+        publish_data_report(datamodule.data_report, cfg.paths.output_dir, trainer.loggers)
     maybe_find_lr(cfg, trainer, module, datamodule, resuming=ckpt_path is not None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from src.data.report import MAX_LISTED, build_report, warn_about
 from src.data.resumable import resumable_train_loader
 from src.data.splits import fold_split, stratified_split
 from src.errors import DataError
@@ -32,6 +35,22 @@ def rgb_loader(path: str) -> Image.Image:
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated, unreadable
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def probe_image(path: str) -> tuple[str | None, str | None]:
+    """(sha256 of the file, None) when PIL decodes it; (hash or None, the reason) when not."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return None, e.strerror or type(e).__name__
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (64, 64))  # JPEG: decode at reduced scale; still reads every byte
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return digest, str(e) or type(e).__name__
+    return digest, None
 
 
 def is_image_file(path: str) -> bool:
@@ -75,7 +94,13 @@ class _AsDict(Dataset):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """`root/train/<class>/*` (+ optional `root/val`, `root/test`) as ImageFolder data sets."""
+    """`root/train/<class>/*` (+ optional `root/val`, `root/test`) as ImageFolder data sets.
+
+    Every image is decoded once at setup: unreadable ones are dropped and counted in
+    `data_report`; a class left without a readable image is an error.
+    """
+
+    data_report: dict[str, Any] | None = None  # set by setup(); see src/data/report.py
 
     def __init__(
         self,
@@ -109,6 +134,8 @@ class ImageDataModule(L.LightningDataModule):
         self.folds, self.fold = folds, fold
         self.label_names: list[str] | None = None
         self.splits: dict[str, Dataset] | None = None
+        self._probes: dict[str, tuple[str | None, str | None]] = {}  # path -> (hash, error)
+        self._dropped: dict[str, dict[str, Any]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -118,11 +145,36 @@ class ImageDataModule(L.LightningDataModule):
         path = self.root / self.dirs[split]
         transform = build_transforms(self.pre, self.augment and train_transform, self.color_jitter)
         try:
-            return datasets.ImageFolder(
+            folder = datasets.ImageFolder(
                 str(path), transform=transform, loader=rgb_loader, is_valid_file=is_image_file
             )
         except (FileNotFoundError, OSError) as e:
             raise DataError(f"no images in {path}: {e} (expected {path}/<class>/<image>)") from e
+        return self._drop_unreadable(split, folder)
+
+    def _drop_unreadable(self, split: str, folder: datasets.ImageFolder) -> datasets.ImageFolder:
+        """Drop (and count) the images PIL cannot decode; fail if a class loses all of them."""
+        for path, _ in folder.samples:
+            if path not in self._probes:
+                self._probes[path] = probe_image(path)
+        bad = [(path, t) for path, t in folder.samples if self._probes[path][1] is not None]
+        self._dropped[split] = {
+            "count": len(bad),
+            "reason": "unreadable image",
+            "paths": [f"{path}: {self._probes[path][1]}" for path, _ in bad[:MAX_LISTED]],
+        }
+        if not bad:
+            return folder
+        folder.samples = [s for s in folder.samples if self._probes[s[0]][1] is None]
+        folder.imgs, folder.targets = folder.samples, [t for _, t in folder.samples]
+        for index, name in enumerate(folder.classes):
+            if index not in folder.targets:
+                path = next(p for p, t in bad if t == index)
+                raise DataError(
+                    f"cannot read image {path}: {self._probes[path][1]}; no readable image "
+                    f"left in class {name!r} of {folder.root}"
+                )
+        return folder
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
@@ -162,8 +214,27 @@ class ImageDataModule(L.LightningDataModule):
                 raise DataError(
                     f"the {split} folder's classes {classes} differ from train's {self.label_names}"
                 )
+        self.data_report = self._report(splits)
+        warn_about(self.data_report)
         self.splits = {name: _AsDict(ds) for name, ds in splits.items()}
         log.info("images: %s", {name: len(ds) for name, ds in self.splits.items()})
+
+    def _report(self, splits: dict[str, Dataset]) -> dict[str, Any]:
+        """data_report.json: counts, unreadable images dropped, duplicate files (by content)."""
+
+        def samples(ds: Dataset) -> list[tuple[str, int]]:
+            if isinstance(ds, Subset):
+                return [ds.dataset.samples[i] for i in ds.indices]
+            return list(ds.samples)
+
+        listed = {split: samples(ds) for split, ds in splits.items()}
+        return build_report(
+            labels={s: [t for _, t in items] for s, items in listed.items()},
+            keys={s: [self._probes[p][0] for p, _ in items] for s, items in listed.items()},
+            label_names=self.label_names,
+            dropped=dict(self._dropped),
+            test_is_val=splits["test"] is splits["val"],
+        )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from src.data.report import MAX_LISTED, build_report, length_summary, warn_about
 from src.data.resumable import resumable_train_loader
 from src.errors import DataError
 
@@ -92,6 +93,11 @@ def _file_identity(path: str | None) -> list[Any] | None:
     return [str(Path(path).expanduser().resolve()), st.st_size, st.st_mtime_ns]
 
 
+def _columns(ds: Any, names: list[str]) -> dict[str, list]:
+    """Whole columns as lists in one batch read (`ds[name]` is a lazy, row-by-row Column)."""
+    return ds.select_columns(names)[:]
+
+
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
     """What decides the token ids: vocab, normalizer, pre-tokenizer, model; not the truncation
     and padding state, which the backend keeps from its last call."""
@@ -107,8 +113,11 @@ class TextDataModule(L.LightningDataModule):
     """Train/val/test splits from local files (or the hub), tokenized once and cached on disk.
 
     Validation is carved from train (seeded, stratified) when there is no val file; when there
-    is no test file, the validation split doubles as the test split.
+    is no test file, the validation split doubles as the test split. Rows whose text is empty,
+    whitespace or missing are dropped (and counted in `data_report`).
     """
+
+    data_report: dict[str, Any] | None = None  # set by setup(); see src/data/report.py
 
     def __init__(
         self,
@@ -235,7 +244,7 @@ class TextDataModule(L.LightningDataModule):
             "columns": [self.text_columns, self.label_column, self.label_names],
             "max_length": self.max_length,
             "val": [self.val_fraction, self.seed, self.limit_train, self.folds, self.fold],
-            "version": 1,
+            "version": 2,  # 2: empty texts dropped, data_report.json stored with the entry
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -250,20 +259,30 @@ class TextDataModule(L.LightningDataModule):
         if cache is not None and (cache / "dataset_dict.json").is_file():
             self.splits = dict(load_from_disk(str(cache)))
             self.label_names = json.loads((cache / "label_names.json").read_text())
+            self.data_report = json.loads((cache / "data_report.json").read_text())
             log.info("tokenized data loaded from cache %s", cache)
+            warn_about(self.data_report)
             return
         raw = self._raw_splits()
         for split, ds in raw.items():
             self._check_columns(split, ds)
             if len(ds) == 0:
                 raise DataError(f"the {split} split is empty ({self.files.get(split)})")
+        raw, dropped = self._drop_empty_texts(raw)
         raw = self._encode_labels(raw)
         raw = self._carve_validation(raw)
-        splits = {s: self._tokenize(ds) for s, ds in raw.items()}
+        splits: dict[str, Any] = {}
+        for split, ds in raw.items():
+            same = next((s for s in splits if raw[s] is ds), None)  # test is val: tokenize once
+            splits[split] = splits[same] if same else self._tokenize(ds)
+        self.data_report = self._report(raw, splits, dropped)
+        splits = {s: ds.remove_columns("n_tokens") for s, ds in splits.items()}
+        warn_about(self.data_report)
         if cache is not None:
             tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
             DatasetDict(splits).save_to_disk(str(tmp))
             (tmp / "label_names.json").write_text(json.dumps(self.label_names))
+            (tmp / "data_report.json").write_text(json.dumps(self.data_report))
             try:
                 # Atomic: a killed run never leaves a half-written cache entry.
                 os.replace(tmp, cache)
@@ -273,6 +292,61 @@ class TextDataModule(L.LightningDataModule):
                 shutil.rmtree(tmp, ignore_errors=True)
             splits = dict(load_from_disk(str(cache)))
         self.splits = splits
+
+    def _drop_empty_texts(self, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Drop rows with an empty, whitespace-only or missing text (either text of a pair)."""
+        kept, dropped = {}, {}
+        for split, ds in raw.items():
+            columns = _columns(ds, self.text_columns).values()
+            empty = [
+                i
+                for i, texts in enumerate(zip(*columns, strict=True))
+                if any(t is None or not str(t).strip() for t in texts)
+            ]
+            dropped[split] = {
+                "count": len(empty),
+                "reason": f"empty, whitespace-only or missing {' / '.join(self.text_columns)}",
+                "rows": empty[:MAX_LISTED],  # 0-based data rows of the file (header excluded)
+            }
+            if len(empty) == len(ds):
+                raise DataError(
+                    f"the {split} split has no example with text: all {len(ds)} rows have an "
+                    f"empty or missing {' / '.join(self.text_columns)} ({self.files.get(split)})"
+                )
+            if empty:
+                drop = set(empty)
+                ds = ds.select([i for i in range(len(ds)) if i not in drop])
+            kept[split] = ds
+        return kept, dropped
+
+    def _report(
+        self, raw: dict[str, Any], tokenized: dict[str, Any], dropped: dict[str, Any]
+    ) -> dict[str, Any]:
+        """data_report.json: counts, drops, duplicates and leakage, untruncated token lengths."""
+
+        def keys(ds: Any) -> list[Any]:
+            columns = [[str(t).strip() for t in col] for col in _columns(ds, cols).values()]
+            return columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+
+        cols = self.text_columns
+        test_is_val = raw.get("test") is raw.get("val")
+        key_lists = {s: keys(ds) for s, ds in raw.items() if not (s == "test" and test_is_val)}
+        if test_is_val:
+            key_lists["test"] = key_lists["val"]
+        return build_report(
+            labels={s: _columns(ds, ["labels"])["labels"] for s, ds in raw.items()},
+            keys=key_lists,
+            label_names=self.label_names,
+            dropped=dropped,
+            test_is_val=test_is_val,
+            token_lengths={
+                "max_length": self.max_length,
+                "splits": {
+                    s: length_summary(_columns(ds, ["n_tokens"])["n_tokens"], self.max_length)
+                    for s, ds in tokenized.items()
+                },
+            },
+        )
 
     def _carve_validation(self, raw: dict[str, Any]) -> dict[str, Any]:
         train = raw["train"]
@@ -302,11 +376,25 @@ class TextDataModule(L.LightningDataModule):
         return raw
 
     def _tokenize(self, ds: Any) -> Any:
+        """Token ids truncated to max_length, their `length`, and `n_tokens` (untruncated)."""
         cols = self.text_columns
+        tok, max_length = self.tokenizer, self.max_length
 
         def encode(batch: dict[str, list]) -> dict[str, Any]:
-            texts = [[t if t is not None else "" for t in batch[c]] for c in cols]
-            enc = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+            texts = [batch[c] for c in cols]
+            # Untruncated first (the report needs the full lengths); only the few rows that
+            # overflow are encoded again with truncation, so the ids equal one truncating pass.
+            enc = tok(*texts, truncation=False, verbose=False)
+            enc = {k: list(v) for k, v in enc.items()}
+            enc["n_tokens"] = [len(ids) for ids in enc["input_ids"]]
+            long = [i for i, n in enumerate(enc["n_tokens"]) if n > max_length]
+            if long:
+                cut = tok(
+                    *[[t[i] for i in long] for t in texts], truncation=True, max_length=max_length
+                )
+                for key, values in cut.items():
+                    for i, v in zip(long, values, strict=True):
+                        enc[key][i] = v
             enc["length"] = [len(ids) for ids in enc["input_ids"]]
             return enc
 

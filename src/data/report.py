@@ -1,0 +1,236 @@
+"""The data preparation report: what each split holds before training, as `data_report.json`.
+
+Per split: examples and class counts. Across splits: what was dropped (empty texts, unreadable
+images), exact duplicates inside train and shared between train and val / test (leakage), the
+train class imbalance, and for text the token lengths and how many examples `max_length` cuts.
+The data modules build it (`TextDataModule.data_report`, `ImageDataModule.data_report`); a run
+writes it into its dir and the TensorBoard text tab.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# max/min train class count at or above which the report warns (and suggests class weights).
+IMBALANCE_WARNING_RATIO = 3.0
+PERCENTILES = (50, 90, 95, 99)
+MAX_LISTED = 20  # dropped rows / paths listed by name; the counts are always complete
+
+
+def split_summary(labels: Sequence[int], label_names: Sequence[str]) -> dict[str, Any]:
+    """`n_examples` and `class_counts` (by label name, every class, zeros included)."""
+    counts = Counter(labels)
+    return {
+        "n_examples": len(labels),
+        "class_counts": {name: counts.get(i, 0) for i, name in enumerate(label_names)},
+    }
+
+
+def duplicate_summary(
+    keys: dict[str, Sequence[Hashable]], labels: dict[str, Sequence[int]]
+) -> dict[str, Any]:
+    """Exact duplicates: inside train, and val / test examples whose key is also in train.
+
+    `within_train`: train examples that repeat an earlier one; `within_train_conflicting`: of
+    the distinct repeated keys, how many carry more than one label; `train_val` / `train_test`:
+    val / test examples also found in train (leakage: they are scored on what was trained on).
+    """
+    train = keys["train"]
+    seen: dict[Hashable, set[int]] = {}
+    for key, label in zip(train, labels["train"], strict=True):
+        seen.setdefault(key, set()).add(label)
+    counts = Counter(train)
+    summary: dict[str, Any] = {
+        "within_train": len(train) - len(seen),
+        "within_train_conflicting": sum(
+            1 for key, ls in seen.items() if counts[key] > 1 and len(ls) > 1
+        ),
+    }
+    for split in ("val", "test"):
+        if split in keys:
+            summary[f"train_{split}"] = sum(1 for key in keys[split] if key in seen)
+    return summary
+
+
+def length_summary(lengths: Sequence[int], max_length: int) -> dict[str, Any]:
+    """Percentiles of the untruncated token counts, and how many exceed `max_length`."""
+    arr = np.asarray(lengths)
+    if arr.size == 0:
+        return {"truncated": 0}
+    stats: dict[str, Any] = {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}
+    stats["max"] = int(arr.max())
+    stats["truncated"] = int((arr > max_length).sum())
+    return stats
+
+
+def imbalance_summary(class_counts: dict[str, int]) -> dict[str, Any]:
+    """max / min train class count; `warning` when at or above IMBALANCE_WARNING_RATIO."""
+    most = max(class_counts, key=class_counts.__getitem__)
+    least = min(class_counts, key=class_counts.__getitem__)
+    ratio = class_counts[most] / class_counts[least] if class_counts[least] else float("inf")
+    return {
+        "ratio": round(ratio, 3) if np.isfinite(ratio) else None,  # None: a class has none
+        "most_common": most,
+        "least_common": least,
+        "threshold": IMBALANCE_WARNING_RATIO,
+        "warning": not ratio < IMBALANCE_WARNING_RATIO,
+    }
+
+
+def build_report(
+    labels: dict[str, Sequence[int]],
+    keys: dict[str, Sequence[Hashable]],
+    label_names: Sequence[str],
+    dropped: dict[str, dict[str, Any]],
+    test_is_val: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The report from the final splits' labels and duplicate keys (texts or content hashes)."""
+    splits = {split: split_summary(labels[split], label_names) for split in labels}
+    return {
+        "splits": splits,
+        "test_is_val": test_is_val,
+        "dropped": dropped,
+        "duplicates": duplicate_summary(keys, labels),
+        "imbalance": imbalance_summary(splits["train"]["class_counts"]),
+        **extra,
+    }
+
+
+def warn_about(report: dict[str, Any]) -> None:
+    """One log line per thing worth a look: drops, leakage, truncation, imbalance."""
+    for split, dropped in report["dropped"].items():
+        if dropped["count"]:
+            listed = dropped.get("rows", dropped.get("paths", []))
+            log.warning(
+                "data: dropped %d %s example(s) (%s): %s%s",
+                dropped["count"],
+                split,
+                dropped["reason"],
+                ", ".join(map(str, listed)),
+                ", ..." if dropped["count"] > len(listed) else "",
+            )
+    dup = report["duplicates"]
+    for split in ("val", "test"):
+        if dup.get(f"train_{split}"):
+            log.warning(
+                "data: %d %s example(s) also occur in train (exact duplicates, leakage)",
+                dup[f"train_{split}"],
+                split,
+            )
+    for split, stats in report.get("token_lengths", {}).get("splits", {}).items():
+        if stats.get("truncated"):
+            log.info(
+                "data: max_length=%d truncates %d %s example(s) (longest %d tokens)",
+                report["token_lengths"]["max_length"],
+                stats["truncated"],
+                split,
+                stats["max"],
+            )
+    imb = report["imbalance"]
+    if imb["warning"]:
+        log.warning(
+            "data: train classes are imbalanced: %r has %s x the examples of %r (warning at "
+            ">= %g); consider loss.class_weights=balanced",
+            imb["most_common"],
+            imb["ratio"] if imb["ratio"] is not None else "inf",
+            imb["least_common"],
+            imb["threshold"],
+        )
+
+
+def resolve_class_weights(value: Any, class_counts: dict[str, int]) -> list[float] | None:
+    """`loss.class_weights`: None, `balanced` (n / (K * count_c) over train) or K floats > 0."""
+    if value is None:
+        return None
+    k = len(class_counts)
+    if isinstance(value, str):
+        if value != "balanced":
+            raise ConfigError(
+                f"loss.class_weights={value!r} is invalid; valid: null, balanced, or a list "
+                f"of {k} positive floats (one per class)"
+            )
+        n = sum(class_counts.values())
+        empty = [name for name, c in class_counts.items() if c == 0]
+        if empty:
+            raise ConfigError(
+                f"loss.class_weights=balanced: class(es) {empty} have no training examples; "
+                "give explicit weights or null"
+            )
+        return [n / (k * c) for c in class_counts.values()]
+    weights = list(value)
+    if len(weights) != k:
+        raise ConfigError(
+            f"loss.class_weights={weights} has {len(weights)} values; the data has {k} classes "
+            f"{list(class_counts)}: give {k} positive floats, balanced, or null"
+        )
+    return [float(w) for w in weights]
+
+
+# ------------------------------------------------------------------ publishing
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables, for TensorBoard's text tab."""
+    splits = report["splits"]
+    names = list(next(iter(splits.values()))["class_counts"])
+    lines = [
+        "| split | examples | " + " | ".join(names) + " | dropped |",
+        "|---|---:|" + "---:|" * len(names) + "---:|",
+    ]
+    for split, s in splits.items():
+        counts = " | ".join(str(s["class_counts"][n]) for n in names)
+        dropped = report["dropped"].get(split, {}).get("count", 0)
+        lines.append(f"| {split} | {s['n_examples']} | {counts} | {dropped} |")
+    if report.get("test_is_val"):
+        lines.append("\n(no test data: the val split is reported as test)")
+    dup = report["duplicates"]
+    lines += [
+        "",
+        "| duplicates | count |",
+        "|---|---:|",
+        *(f"| {k} | {v} |" for k, v in dup.items()),
+    ]
+    lengths = report.get("token_lengths")
+    if lengths:
+        cols = [f"p{p}" for p in PERCENTILES] + ["max", "truncated"]
+        lines += [
+            "",
+            f"token lengths (untruncated; max_length={lengths['max_length']})",
+            "",
+            "| split | " + " | ".join(cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
+        for split, stats in lengths["splits"].items():
+            lines.append(f"| {split} | " + " | ".join(str(stats.get(c, "")) for c in cols) + " |")
+    imb = report["imbalance"]
+    lines += [
+        "",
+        f"train imbalance: {imb['most_common']} / {imb['least_common']} = {imb['ratio']}"
+        + (f" (**warning**: >= {imb['threshold']:g})" if imb["warning"] else ""),
+    ]
+    return "\n".join(lines)
+
+
+def publish_data_report(report: dict[str, Any] | None, run_dir: str | Path, loggers: list) -> None:
+    """`<run dir>/data_report.json`, and the markdown version under `data/report` in TensorBoard."""
+    if report is None:
+        return
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from src.run import write_json_atomic
+
+    write_json_atomic(Path(run_dir) / "data_report.json", report)
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.experiment.add_text("data/report", report_markdown(report))
