@@ -561,22 +561,31 @@ def main() -> None:
     sections = set(args.sections)
     started = time.time()
     results: dict[str, Any] = {"machine": machine(), "reps": args.reps}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """After every section: a crash or a kill later keeps what is measured."""
+        results["bench_wall_s"] = round(time.time() - started, 1)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "REPORT.md").write_text(
+            markdown(results)
+            + f"\nThe whole benchmark took {results['bench_wall_s'] / 60:.1f} min.\n"
+        )
+
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as tmp:
         work = Path(tmp)
         if "overhead" in sections:
             results["overhead"] = bench_overhead(work, args.reps)
+            save()
         if "hf" in sections:
             results["hf"] = bench_hf(work, args.reps, min(args.reps_padded, args.reps))
+            save()
         if "cache" in sections:
             results["cache"] = bench_cache(work, args.reps)
+            save()
         if sections & {"startup", "memory"}:
             results.update(bench_startup_and_memory(work, args.reps, sections))
-    results["bench_wall_s"] = round(time.time() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "REPORT.md").write_text(
-        markdown(results) + f"\nThe whole benchmark took {results['bench_wall_s'] / 60:.1f} min.\n"
-    )
+            save()
     log(f"wrote {args.out / 'REPORT.md'} ({results['bench_wall_s']:.0f} s)")
 
 

@@ -77,7 +77,7 @@ def hf_trainer_run(
 
     pad_to_128: as run_glue does by default (`pad_to_max_length`: every example padded to
     max_seq_length=128 at tokenization); else at its best: dynamic padding
-    (DataCollatorWithPadding) and `group_by_length` batches.
+    (DataCollatorWithPadding) and `train_sampling_strategy="group_by_length"`.
     """
     import numpy as np
     from transformers import (
@@ -111,11 +111,11 @@ def hf_trainer_run(
         weight_decay=weight_decay,
         num_train_epochs=epochs,
         lr_scheduler_type="linear",
-        warmup_ratio=0.06,
+        warmup_steps=0.06,  # < 1: a fraction of the training steps
         max_grad_norm=1.0,
         bf16=precision.startswith("bf16"),
         use_cpu=True,
-        group_by_length=not pad_to_128,
+        train_sampling_strategy="random" if pad_to_128 else "group_by_length",
         length_column_name="length",
         dataloader_num_workers=0,
         save_strategy="no",
