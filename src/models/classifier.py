@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,11 +113,37 @@ class Classifier(L.LightningModule):
         self.test_loss.reset()
         self.test_confusion.reset()
 
+    def _grad_scaler(self) -> Any:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, also for a fused optimizer under bf16-mixed: Lightning's AMP
+        plugin refuses to clip for any fused optimizer, which is only needed with a GradScaler
+        (fp16); bf16 gradients are unscaled, so clipping them before the step is exact."""
+        if gradient_clip_val and optimizer.defaults.get("fused") and self._grad_scaler() is None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        lr = self.optimizer_factory.keywords["lr"]
-        weight_decay = self.optimizer_factory.keywords.get("weight_decay", 0.0)
+        factory = self.optimizer_factory
+        lr = factory.keywords["lr"]
+        weight_decay = factory.keywords.get("weight_decay", 0.0)
         groups = discriminative_param_groups(self.network, lr, self.hparams.lr_decay, weight_decay)
-        optimizer = self.optimizer_factory(groups)
+        if factory.keywords.get("fused") and self._grad_scaler() is not None:
+            # fp16 loss scaling: gradients must be unscaled before clipping, which a fused
+            # optimizer (it unscales inside its step) does not allow; use the foreach kernels.
+            factory = functools.partial(factory.func, **{**factory.keywords, "fused": False})
+        optimizer = factory(groups)
         sched = self.hparams.scheduler or {"name": "constant", "warmup": 0}
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(sched["name"], optimizer, float(sched["warmup"]), total)
