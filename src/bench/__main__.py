@@ -51,9 +51,7 @@ def compose(overrides: list[str], out_dir: Path, cache_dir: Path | None = None):
         f"paths.output_dir={out_dir}",
         "+callbacks.step_timer._target_=src.bench.timing.StepTimer",
         f"+callbacks.step_timer.out={out_dir / 'steps.json'}",
-        "callbacks.progress_bar=null",
-        "trainer.enable_model_summary=false",
-    ]
+    ]  # the default callbacks (progress bar included): ftlab as users run it
     if cache_dir is not None:
         extra.append(f"paths.cache_dir={cache_dir}")
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
@@ -108,24 +106,31 @@ def log(msg: str) -> None:
 
 
 def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
+    from hydra.utils import instantiate
     from transformers import DataCollatorWithPadding
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from src.bench.plain import plain_loop
 
     cases = {
-        # 30 steps of 32 sentences (1,176-sentence slice); the first 5 are warm-up.
+        # 60 steps of 32 sentences (a 2,058-sentence slice), the first 5 are warm-up
         "text": (
-            ["task=sentiment", "model=bert", "data.limit_train=1200", "optimizer.lr=1e-4"],
-            30,
+            ["task=sentiment", "model=bert", "data.limit_train=2100", "optimizer.lr=1e-4"],
+            60,
             5,
         ),
-        # the first 7 full batches of an epoch (245 images); the first 2 are warm-up
-        "image": (["task=hymenoptera", "model=mobilenet_v2", "optimizer.lr=1e-3"], 7, 2),
+        # two epochs of hymenoptera (8 batches each, 245 images), the first 2 steps are warm-up;
+        # the steps across the epoch boundary (ftlab validates there) are not timed
+        "image": (["task=hymenoptera", "model=mobilenet_v2", "optimizer.lr=1e-3"], 16, 2),
     }
     out: dict[str, Any] = {}
     for name, (overrides, steps, warmup) in cases.items():
-        run_overrides = [*overrides, f"trainer.max_steps={steps}", "test=false"]
+        run_overrides = [
+            *overrides,
+            f"trainer.max_steps={steps}",
+            "trainer.max_epochs=100",  # max_steps decides
+            "test=false",
+        ]
         ftlab_sps, plain_sps, ratios = [], [], []
         for rep in range(reps):
             log(f"overhead/{name} rep {rep + 1}/{reps}: ftlab")
@@ -155,8 +160,7 @@ def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
             steplog = plain_loop(
                 network,
                 loader,
-                lr=float(cfg.optimizer.lr),
-                weight_decay=float(cfg.optimizer.weight_decay),
+                instantiate(cfg.optimizer),  # the same optimizer settings (fused AdamW)
                 max_steps=steps,
                 precision=precision,
             )
@@ -165,7 +169,7 @@ def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
             log(f"  ftlab {ftlab_sps[-1]:.1f}/s  plain {plain_sps[-1]:.1f}/s")
         out[name] = {
             "overrides": run_overrides,
-            "timed_steps": steps - warmup - 1,
+            "timed_steps": steplog.timed_steps(warmup),
             "precision": precision,
             "ftlab_samples_per_s": stats(ftlab_sps),
             "plain_samples_per_s": stats(plain_sps),
@@ -268,8 +272,10 @@ def bench_cache(work: Path, reps: int) -> dict[str, Any]:
 
 
 def _subprocess_run(args: list[str], env: dict[str, str], log_file: Path) -> tuple[float, int, int]:
-    """Run `python -m src.train args`: (launch wall time, peak RSS of the main process (the
-    kernel's count), peak RSS of the whole process tree sampled every 50 ms), in bytes."""
+    """Run `python -m src.train args`: (launch wall time, peak RSS of the main process, peak PSS
+    of the whole process tree), sampled every 50 ms, in bytes. PSS (proportional set size)
+    splits pages shared between the main process and its forked DataLoader workers, so the
+    tree's sum counts them once; RSS would count them in every worker."""
     import psutil
 
     launched = time.time()
@@ -281,23 +287,20 @@ def _subprocess_run(args: list[str], env: dict[str, str], log_file: Path) -> tup
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
-    tree_peak = 0
+    main_peak = tree_peak = 0
     ps = psutil.Process(proc.pid)
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
+    while proc.poll() is None:
         try:
+            main_peak = max(main_peak, ps.memory_info().rss)
             procs = [ps, *ps.children(recursive=True)]
-            tree_peak = max(tree_peak, sum(p.memory_info().rss for p in procs))
+            tree_peak = max(tree_peak, sum(p.memory_full_info().pss for p in procs))
         except psutil.Error:
             pass
         time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = log_file.read_text()[-3000:]
         raise RuntimeError(f"src.train {' '.join(args)} failed ({proc.returncode}):\n{tail}")
-    return launched, int(usage.ru_maxrss) * 1024, tree_peak
+    return launched, main_peak, tree_peak
 
 
 def _first_step_after(launched: float, run_dir: Path) -> float:
@@ -532,10 +535,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "## Peak memory (RSS)",
             "",
-            "Main process (kernel's max RSS) and the whole process tree (sum, sampled every "
-            "50 ms, includes DataLoader workers).",
+            "Peak RSS of the main process and peak PSS of the whole process tree (the main "
+            "process and its DataLoader workers; PSS counts shared pages once), sampled every "
+            "50 ms.",
             "",
-            "| run | main process (GiB) | process tree (GiB) |",
+            "| run | main process RSS (GiB) | process tree PSS (GiB) |",
             "|---|---|---|",
         ]
         for name, v in results["memory_bytes"].items():

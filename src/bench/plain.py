@@ -26,17 +26,17 @@ def _autocast(precision: str):
 def plain_loop(
     network: torch.nn.Module,
     loader: DataLoader,
-    lr: float,
-    weight_decay: float,
+    make_optimizer: Any,
     max_steps: int,
     precision: str,
     warmup_fraction: float = 0.06,
 ) -> StepLog:
-    """AdamW + transformers' linear warmup schedule, grad-norm clipping at 1.0, autocast."""
+    """`make_optimizer(params)` (the run's own optimizer config, e.g. fused AdamW) + transformers'
+    linear warmup schedule, grad-norm clipping at 1.0, autocast."""
     from transformers import get_linear_schedule_with_warmup
 
     network.train()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(network.parameters())
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(warmup_fraction * max_steps), max_steps
     )

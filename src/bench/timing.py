@@ -34,11 +34,24 @@ class StepLog:
         self.batch_sizes.append(int(batch_size))
 
     def throughput(self, warmup: int) -> float:
-        """Samples per second over the steps after `warmup`."""
-        if len(self.step_ends) <= warmup + 1:
+        """Samples per second over the steps after the first `warmup` ones, counting only steps
+        whose previous step ended in the same epoch: the gap across an epoch boundary holds the
+        validation of the Lightning run (which the plain loop does not do) and the loader's
+        restart, neither of which is training throughput."""
+        seconds, samples = 0.0, 0
+        for i in range(warmup + 1, len(self.step_ends)):
+            if self.step_epochs[i] == self.step_epochs[i - 1]:
+                seconds += self.step_ends[i] - self.step_ends[i - 1]
+                samples += self.batch_sizes[i]
+        if not samples:
             raise ValueError(f"only {len(self.step_ends)} steps timed; need more than {warmup + 1}")
-        seconds = self.step_ends[-1] - self.step_ends[warmup]
-        return sum(self.batch_sizes[warmup + 1 :]) / seconds
+        return samples / seconds
+
+    def timed_steps(self, warmup: int) -> int:
+        return sum(
+            self.step_epochs[i] == self.step_epochs[i - 1]
+            for i in range(warmup + 1, len(self.step_ends))
+        )
 
     def epoch_times(self) -> list[float]:
         """Each epoch's training time: its start to its last step's end (validation excluded)."""
