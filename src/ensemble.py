@@ -45,7 +45,7 @@ def member_paths(cfg: DictConfig) -> list[Path]:
             raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (not a finished ftlab run)")
         metrics = json.loads(metrics_file.read_text())
         # A cross-validation run (cv.folds=K) contributes each fold's best checkpoint.
-        runs = metrics["folds"] if "folds" in metrics else [metrics]
+        runs = metrics.get("folds", [metrics])
         for run in runs:
             best = run.get("best_ckpt_path")
             if not best:

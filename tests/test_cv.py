@@ -93,10 +93,9 @@ def test_cv_run_trains_every_fold_and_reports_mean_and_std(cv_run: Path) -> None
 
 def test_each_fold_validates_on_its_own_fold_of_train(cv_run: Path) -> None:
     """The fold's val set is a third of the 160 training sentences; train + val = all of them."""
+    import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-
-    import torch
 
     fold_ckpt = read_metrics(cv_run)["folds"][0]["best_ckpt_path"]
     cfg = OmegaConf.create(torch.load(fold_ckpt, weights_only=True)["hyper_parameters"]["config"])
@@ -146,7 +145,9 @@ def test_ensemble_of_a_cv_run_uses_every_fold(cv_run: Path, tmp_path) -> None:
 
 @pytest.mark.parametrize("value", ["-2", "two", "2.5"])
 def test_bad_fold_counts_fail_early_with_one_line(value: str, tiny_bert, tiny_text_data) -> None:
-    proc = run_cli("src.train", *tiny_text_overrides(tiny_bert, tiny_text_data), f"cv.folds={value}")
+    proc = run_cli(
+        "src.train", *tiny_text_overrides(tiny_bert, tiny_text_data), f"cv.folds={value}"
+    )
     assert proc.returncode != 0
     assert "cv.folds" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
