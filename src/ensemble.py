@@ -92,7 +92,10 @@ def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOu
     batch_size = int(cfg.batch_size or model.run_cfg.data.eval_batch_size)
     if model.modality == "text":
         # Sorted by length (little padding), scattered back to the split's order below.
-        order = sorted(range(len(ds)), key=ds["length"].__getitem__)
+        from src.data.text import column_values
+
+        lengths = column_values(ds, "length")
+        order = sorted(range(len(ds)), key=lengths.__getitem__)
         loader = torch.utils.data.DataLoader(
             ds.select(order), batch_size=batch_size, collate_fn=datamodule._collate
         )

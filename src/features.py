@@ -32,6 +32,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from src.data.text import column_values
 from src.errors import ConfigError
 from src.finetune import feature_cache_setting
 from src.models.networks import Network
@@ -264,7 +265,7 @@ class CachedFeatureDataModule(L.LightningDataModule):
         order = list(range(len(ds)))
         if "length" in (getattr(ds, "column_names", None) or []):
             # shortest first: batches of similar lengths, little padding
-            order.sort(key=ds["length"].__getitem__)
+            order.sort(key=column_values(ds, "length").__getitem__)
         loader = DataLoader(
             Subset(ds, order),
             batch_size=self._compute_batch_size("train"),

@@ -31,12 +31,18 @@ def plain_loop(
     precision: str,
     warmup_fraction: float = 0.06,
 ) -> StepLog:
-    """`make_optimizer(params)` (the run's own optimizer config, e.g. fused AdamW) + transformers'
-    linear warmup schedule, grad-norm clipping at 1.0, autocast."""
+    """`make_optimizer(param_groups)` (the run's own optimizer config, e.g. fused AdamW) over the
+    run's param groups (one per layer group, weight decay off for biases and norms: the same
+    update as the ftlab run, so only the loop around it differs) + transformers' linear warmup
+    schedule, grad-norm clipping at 1.0, autocast."""
     from transformers import get_linear_schedule_with_warmup
 
+    from src.optim import discriminative_param_groups
+
     network.train()
-    optimizer = make_optimizer(network.parameters())
+    lr = make_optimizer.keywords["lr"]
+    weight_decay = make_optimizer.keywords.get("weight_decay", 0.0)
+    optimizer = make_optimizer(discriminative_param_groups(network, lr, 1.0, weight_decay))
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(warmup_fraction * max_steps), max_steps
     )

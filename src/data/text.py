@@ -109,6 +109,13 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+def column_values(ds: Any, name: str) -> list[Any]:
+    """A column as a Python list, fast: `ds[name]` is a lazy column in `datasets` >= 4, and
+    indexing it per example (as LengthGroupedSampler does with `lengths[i]`) costs seconds an
+    epoch on SST-2. The arrow format respects an indices mapping (select / shuffle)."""
+    return ds.with_format("arrow")[name].to_pylist()
+
+
 class TextDataModule(L.LightningDataModule):
     """Train/val/test splits from local files (or the hub), tokenized once and cached on disk.
 
@@ -422,7 +429,7 @@ class TextDataModule(L.LightningDataModule):
             # Random megabatches of 50 batches, sorted by length inside: little padding, and
             # the order still changes every epoch (seeded).
             make_sampler = functools.partial(
-                LengthGroupedSampler, self.batch_size, lengths=ds["length"]
+                LengthGroupedSampler, self.batch_size, lengths=column_values(ds, "length")
             )
 
         # Epoch-seeded and resumable: a run killed mid-epoch resumes on the same batches.
@@ -438,7 +445,8 @@ class TextDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.splits[split]
         # Sorted by length: far less padding, and metrics do not depend on the order.
-        order = sorted(range(len(ds)), key=ds["length"].__getitem__)
+        lengths = column_values(ds, "length")
+        order = sorted(range(len(ds)), key=lengths.__getitem__)
         return DataLoader(
             ds.select(order),
             batch_size=self.eval_batch_size,
