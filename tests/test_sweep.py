@@ -453,3 +453,31 @@ def test_postgres_two_workers_one_study(
         assert PG_PASSWORD not in output  # masked in logs
         results = (tmp_path / machine / "optimization_results.yaml").read_text()
         assert PG_PASSWORD not in results and "127.0.0.1" in results
+
+
+def test_cv_sweep_optimizes_the_cross_validation_mean(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """`cv.folds=K` in a sweep: each trial is a K-fold run, its value is the CV mean of the
+    monitored metric, and the pruner gets the running mean once per fold (steps 0..K-1)."""
+    search_config(
+        tmp_path,
+        "cvsweep",
+        n_trials=2,
+        sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 3},
+        pruner={"_target_": "optuna.pruners.NopPruner"},
+    )
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("cvsweep", tmp_path, sweep_dir, tiny_bert, tiny_text_data, "cv.folds=2")
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=2"
+    run_sweep(cmd)
+    trials = load(sweep_dir, "cvsweep").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        run_dir = Path(t.user_attrs["run_dir"])
+        metrics = yaml.safe_load((run_dir / "metrics.json").read_text())
+        fold_values = [f["val/acc"] for f in metrics["folds"]]
+        assert len(fold_values) == 2
+        assert t.value == pytest.approx(sum(fold_values) / 2)
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert t.intermediate_values[1] == pytest.approx(t.value)
