@@ -9,45 +9,32 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.checks import check_train_config
-from src.data.report import publish_data_report, resolve_class_weights
 from src.errors import ConfigError, exit_on_user_error
-from src.features import maybe_cache_features
-from src.finetune import check_finetune_config, finetune_callbacks, prepare_network
-from src.models.classifier import Classifier
-from src.models.networks import build_network, build_processor
-from src.run import (
-    TEST_KEYS,
-    VAL_KEYS,
-    AtomicCheckpointIO,
-    BestValMetrics,
-    ExactResume,
-    check_resume_checkpoint,
-    checkpoint_callback,
-    instantiate_callbacks,
-    instantiate_loggers,
-    log_final_results,
-    print_summary,
-    resolve_precision,
-    write_json_atomic,
-)
-from src.sweep.trial import sweep_callbacks
-from src.tuning import maybe_find_lr
+
+# Lightning, transformers and the rest are imported where they are used: `import lightning`
+# alone takes about 8 s here, and a config mistake should be reported before paying for it.
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
 
 def build_data_and_module(cfg: DictConfig):
     """The data module (set up, so its labels are known) and the LightningModule for `cfg`."""
+    from hydra.utils import instantiate
+
+    from src.data.report import resolve_class_weights
+    from src.finetune import prepare_network
+    from src.models.classifier import Classifier
+    from src.models.networks import build_network, build_processor
+
     processor = build_processor(cfg.model)
     datamodule = instantiate(cfg.data, processor=processor, _recursive_=False)
     datamodule.setup("fit")
@@ -71,6 +58,17 @@ def build_data_and_module(cfg: DictConfig):
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from src.run import (
+        AtomicCheckpointIO,
+        ExactResume,
+        instantiate_callbacks,
+        instantiate_loggers,
+        resolve_precision,
+    )
+
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(
         trainer_cfg.get("precision"), trainer_cfg.get("accelerator", "auto")
@@ -120,7 +118,25 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     `report_to_sweep=False`: a cross-validation fold, whose per-epoch values the sweep's pruner
     must not see (src/cv.py reports the running CV mean instead)."""
     started = time.time()
-    check_train_config(cfg)
+    check_train_config(cfg)  # before the heavy imports: a bad value is reported at once
+    import lightning as L
+
+    from src.data.report import publish_data_report
+    from src.features import maybe_cache_features
+    from src.finetune import check_finetune_config, finetune_callbacks
+    from src.run import (
+        TEST_KEYS,
+        VAL_KEYS,
+        BestValMetrics,
+        check_resume_checkpoint,
+        checkpoint_callback,
+        log_final_results,
+        print_summary,
+        write_json_atomic,
+    )
+    from src.sweep.trial import sweep_callbacks
+    from src.tuning import maybe_find_lr
+
     check_finetune_config(cfg.get("finetune"), cfg.model.modality)
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True)
