@@ -6,5 +6,6 @@ PY=${PY:-.venv/bin/python}
 RUN=${RUN:-logs/cv_sst2_1k/runs/cv5}
 "$PY" -m src.train experiment=sst2_1k_cv5 callbacks.progress_bar=null hydra.run.dir="$RUN" resume=true "$@"
 "$PY" -m src.ensemble run_dirs="[$RUN]" hydra.run.dir="$RUN/ensemble"
-cp "$RUN/metrics.json" experiments/cv/sst2_1k_cv5_metrics.json
-cp "$RUN/ensemble/metrics.json" experiments/cv/sst2_1k_cv5_ensemble_metrics.json
+# checkpoint paths relative to the project root (no machine paths in the committed results)
+sed "s#$PWD/##g" "$RUN/metrics.json" > experiments/cv/sst2_1k_cv5_metrics.json
+sed "s#$PWD/##g" "$RUN/ensemble/metrics.json" > experiments/cv/sst2_1k_cv5_ensemble_metrics.json
