@@ -8,7 +8,6 @@ the ftlab run it is compared with.
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 import torch
@@ -160,9 +159,3 @@ def _pad_to(ds: Any, tokenizer: Any, length: int) -> Any:
         return dict(padded)
 
     return ds.map(pad, batched=True)
-
-
-def time_it(fn, *args, **kwargs) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - started

@@ -93,11 +93,6 @@ def _file_identity(path: str | None) -> list[Any] | None:
     return [str(Path(path).expanduser().resolve()), st.st_size, st.st_mtime_ns]
 
 
-def _columns(ds: Any, names: list[str]) -> dict[str, list]:
-    """Whole columns as lists in one batch read (`ds[name]` is a lazy, row-by-row Column)."""
-    return ds.select_columns(names)[:]
-
-
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
     """What decides the token ids: vocab, normalizer, pre-tokenizer, model; not the truncation
     and padding state, which the backend keeps from its last call."""
@@ -114,6 +109,10 @@ def column_values(ds: Any, name: str) -> list[Any]:
     indexing it per example (as LengthGroupedSampler does with `lengths[i]`) costs seconds an
     epoch on SST-2. The arrow format respects an indices mapping (select / shuffle)."""
     return ds.with_format("arrow")[name].to_pylist()
+
+
+def _columns(ds: Any, names: list[str]) -> dict[str, list]:
+    return {name: column_values(ds, name) for name in names}
 
 
 class TextDataModule(L.LightningDataModule):
@@ -364,7 +363,9 @@ class TextDataModule(L.LightningDataModule):
 
             # Cross-validation folds the training data; a val file becomes the test split
             # (when there is no test file), so every fold is tested on the same held-out data.
-            train_idx, val_idx = fold_split(train["labels"], self.folds, self.fold, self.seed)
+            train_idx, val_idx = fold_split(
+                column_values(train, "labels"), self.folds, self.fold, self.seed
+            )
             if "val" in raw:
                 raw.setdefault("test", raw["val"])
             train, raw["val"] = train.select(train_idx), train.select(val_idx)
