@@ -1,31 +1,41 @@
-"""`python -m src.predict ckpt_path=PATH input=...`: label new text or images with a checkpoint.
+"""`python -m src.predict ckpt_path=PATH text=... | input=FILE|FOLDER`: label new text or images.
 
-Writes a CSV: the input, the predicted label name and one probability column per class. The
-model is rebuilt from the checkpoint alone (config, weights, label names): no training data and
-no pretrained download are needed.
+Writes a CSV: the input (for a table file: all of its columns, in their order), the predicted label
+name and one probability column per class. The model is rebuilt from the checkpoint alone
+(config, weights, label names): no training data and no pretrained download are needed.
+
+The input and the output path are checked before torch is imported and the checkpoint read, so a
+mistyped path or column fails in about a second, not after the model has loaded.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
+import json
+import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.errors import ConfigError, DataError, ensure_writable_dir, exit_on_user_error
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+# src.data.image.IMAGE_SUFFIXES, repeated so that checking the input imports no torch (a test
+# keeps the two equal).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# A string ending like a file name (reviews.cvs, photo.JPG), not like a sentence ("3.50", "end.").
+FILE_LIKE_END = re.compile(r"[^\s.]\.[A-Za-z][A-Za-z0-9]{0,4}$")
 
 
 @dataclass
@@ -42,19 +52,37 @@ class LoadedModel:
         return str(self.run_cfg.model.modality)
 
 
-def load_model(ckpt_path: str | Path) -> LoadedModel:
-    """The checkpoint's Classifier (no pretrained download), tokenizer or preprocessing, labels."""
-    from src.eval import load_checkpoint, module_from_checkpoint
-    from src.models.networks import build_processor
+def read_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, Any], DictConfig, list[str]]:
+    """The checkpoint, its run config and label names (torch.load only: no model built yet)."""
+    from src.eval import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
-    label_names = [str(n) for n in ckpt["hyper_parameters"]["label_names"]]
+    return ckpt, run_cfg, [str(n) for n in ckpt["hyper_parameters"]["label_names"]]
+
+
+def build_model(ckpt: dict[str, Any], run_cfg: DictConfig, label_names: list[str]) -> LoadedModel:
+    """The checkpoint's Classifier (no pretrained download), tokenizer or preprocessing."""
+    from src.eval import module_from_checkpoint
+    from src.models.networks import build_processor
+
     module = module_from_checkpoint(ckpt, run_cfg, label_names).eval()
     return LoadedModel(module, run_cfg, label_names, build_processor(run_cfg.model))
 
 
+def load_model(ckpt_path: str | Path) -> LoadedModel:
+    """The checkpoint's Classifier (no pretrained download), tokenizer or preprocessing, labels."""
+    return build_model(*read_checkpoint(ckpt_path))
+
+
+def run_max_length(run_cfg: DictConfig) -> int:
+    """The token limit the run trained with: predict and the hf export truncate to it."""
+    return int(run_cfg.data.get("max_length") or 512)
+
+
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
@@ -64,13 +92,47 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# --------------------------------------------------------------------------- text inputs
+# --------------------------------------------------------------------------- the input, checked
+# before torch is imported
 
 
-def read_text_table(
-    path: Path, column: str, pair_column: str | None
-) -> tuple[list[str], list[str] | None]:
-    """The text (and second text) column of a csv / tsv / json / jsonl file, as strings."""
+@dataclass
+class PredictInput:
+    """What to predict: sentences (text=), a table file or images (input=)."""
+
+    kind: str  # "sentences" | "table" | "images"
+    key: str  # the config key it came from: "text" or "input"
+    texts: list[str] = field(default_factory=list)  # the sentences
+    path: Path | None = None  # the table file, image file or image folder
+    frame: Any = None  # the table (pandas DataFrame), every column as read
+    files: list[Path] = field(default_factory=list)  # the image files
+
+    @property
+    def modality(self) -> str:
+        return "image" if self.kind == "images" else "text"
+
+    def describe(self) -> str:
+        return f"{self.key}={str(self.path)!r}" if self.path else f"{self.key}=..."
+
+
+def looks_like_path(value: str) -> bool:
+    """A string more likely meant as a path than as a sentence: it holds a path separator, or ends
+    in a file-like suffix (`data/new_reviews`, `reviews.cvs`)."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    return any(s in value for s in separators) or bool(FILE_LIKE_END.search(value.strip()))
+
+
+def cell(value: Any) -> str:
+    """A table value as CSV text: '' for missing, JSON for nested values."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def read_table(path: Path, columns: Sequence[str]) -> Any:
+    """A csv / tsv / json / jsonl file as a DataFrame (every column kept), with `columns` in it."""
     import pandas as pd
 
     suffix = path.suffix.lower()
@@ -88,44 +150,153 @@ def read_text_table(
     except Exception as e:  # empty file, parse errors
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot parse {path} as {suffix[1:]}: {first}") from e
-    for col in (column, pair_column):
-        if col and col not in frame.columns:
-            raise DataError(
-                f"column {col!r} not in {path}; columns found: "
-                f"{', '.join(map(str, frame.columns))} (set text_column=NAME)"
-            )
+    frame.columns = [str(c) for c in frame.columns]
+    check_columns(frame, path, columns)
     if len(frame) == 0:
         raise DataError(f"{path} has no rows to predict")
-
-    def strings(col: str) -> list[str]:
-        return ["" if v is None else str(v) for v in frame[col].tolist()]
-
-    return strings(column), strings(pair_column) if pair_column else None
+    return frame
 
 
-def text_inputs(cfg: DictConfig, run_cfg: DictConfig) -> tuple[list[str], list[str] | None]:
-    """`input` as one sentence, a list of sentences, or a table file."""
-    pair_column = cfg.get("text_pair_column") or run_cfg.data.get("text_pair_column")
+def check_columns(frame: Any, path: Path, columns: Sequence[str]) -> None:
+    for col in columns:
+        if col not in frame.columns:
+            key = "text_column" if col == columns[0] else "text_pair_column"
+            raise DataError(
+                f"column {col!r} not in {path}; columns found: "
+                f"{', '.join(frame.columns)} (set {key}=NAME)"
+            )
+
+
+def image_files(path: Path) -> list[Path]:
+    """An image file, or every image under a folder (sorted)."""
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+        )
+        if not files:
+            raise DataError(f"input={str(path)!r}: no image files in this folder")
+        return files
+    return [path]
+
+
+def sentences(value: Any, key: str) -> list[str]:
+    """`text=` (or the legacy `input=` sentence or list) as a list of strings."""
+    values = list(value) if isinstance(value, ListConfig) else [value]
+    texts = [cell(v) for v in values]
+    if not texts or (key == "text" and not isinstance(value, ListConfig) and not texts[0]):
+        raise ConfigError(f"{key}={value!r} is empty: give text='a sentence' or a list")
+    if key == "input":
+        for i, t in enumerate(texts):
+            if looks_like_path(t):
+                where = f"input[{i}]" if isinstance(value, ListConfig) else "input"
+                raise DataError(
+                    f"{where}={t!r} looks like a path, but a list is read as sentences and "
+                    "input= takes one file or folder; to classify such strings give text=[...]"
+                )
+    return texts
+
+
+def read_input(cfg: DictConfig) -> PredictInput:
+    """`text=` or `input=`, checked and read: no such file, suffix, columns, empty table."""
+    given_text = cfg.get("text") is not None
+    given_input = not OmegaConf.is_missing(cfg, "input") and cfg.get("input") not in (None, "")
+    if given_text and given_input:
+        raise ConfigError(
+            "give text=... (sentences) or input=FILE|FOLDER, not both "
+            f"(text={cfg.text!r}, input={cfg.input!r})"
+        )
+    if given_text:
+        return PredictInput("sentences", "text", texts=sentences(cfg.text, "text"))
+    if not given_input:
+        raise ConfigError(
+            "nothing to predict: give text='a sentence' (or a list), input=FILE or input=FOLDER"
+        )
     value = cfg.input
     if isinstance(value, ListConfig):
-        texts = [str(v) for v in value]
-        if pair_column:
-            raise ConfigError("this model classifies text pairs: give input=FILE with both columns")
-        return texts, None
+        return PredictInput("sentences", "input", texts=sentences(value, "input"))
     path = Path(str(value)).expanduser()
+    valid = ", ".join((*TEXT_SUFFIXES, *IMAGE_SUFFIXES))
     if path.is_file():
-        if path.suffix.lower() not in TEXT_SUFFIXES:
-            raise DataError(
-                f"cannot read {path}: suffix {path.suffix!r}; valid: {', '.join(TEXT_SUFFIXES)}"
-            )
-        return read_text_table(path, str(cfg.text_column), pair_column)
-    if path.suffix.lower() in TEXT_SUFFIXES or path.is_dir():
+        suffix = path.suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            columns = [str(cfg.text_column)]
+            if cfg.get("text_pair_column"):
+                columns.append(str(cfg.text_pair_column))
+            return PredictInput("table", "input", path=path, frame=read_table(path, columns))
+        if suffix in IMAGE_SUFFIXES:
+            return PredictInput("images", "input", path=path, files=[path])
+        raise DataError(f"cannot read input={str(value)!r}: suffix {path.suffix!r}; valid: {valid}")
+    if path.is_dir():
+        return PredictInput("images", "input", path=path, files=image_files(path))
+    if looks_like_path(str(value)):
         raise DataError(
-            f"input={str(value)!r}: no such file (a text model reads a sentence or a table file)"
+            f"input={str(value)!r}: no such file or folder (to classify this string as a "
+            "sentence, give text='...')"
         )
-    if pair_column:
+    # A plain sentence given as input= (the older spelling of text=).
+    return PredictInput("sentences", "input", texts=sentences(value, "input"))
+
+
+def output_path(cfg: DictConfig, source: PredictInput | None = None) -> Path:
+    """The CSV to write: writable, and not the input itself."""
+    out = (
+        Path(str(cfg.out)).expanduser()
+        if cfg.get("out")
+        else Path(cfg.paths.output_dir) / "predictions.csv"
+    )
+    if out.is_dir() or not out.suffix:  # a folder (existing or not): the CSV goes inside
+        out = out / "predictions.csv"
+    if source is not None and source.path is not None and source.path.is_file():
+        same = out.exists() and os.path.samefile(out, source.path)
+        if same or out.resolve() == source.path.resolve():
+            raise ConfigError(
+                f"out={str(out)!r} is the input file: the predictions would overwrite it; "
+                f"give another out=, e.g. out={str(out.with_name(out.stem + '_predictions.csv'))!r}"
+            )
+    ensure_writable_dir(out.parent, "out")
+    return out
+
+
+def check_predict_config(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ConfigError("ckpt_path is not set: give ckpt_path=PATH/TO/best.ckpt")
+    if not Path(str(cfg.ckpt_path)).expanduser().is_file():
+        raise ConfigError(f"ckpt_path={str(cfg.ckpt_path)!r}: no such file")
+    for key in ("batch_size",):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} is invalid: must be an int >= 1")
+    if (
+        isinstance(cfg.num_workers, bool)
+        or not isinstance(cfg.num_workers, int)
+        or cfg.num_workers < 0
+    ):
+        raise ConfigError(f"num_workers={cfg.num_workers!r} is invalid: must be an int >= 0")
+
+
+def check_fits_model(source: PredictInput, cfg: DictConfig, run_cfg: DictConfig) -> str | None:
+    """The input against the checkpoint's modality and text columns; the pair column, if any."""
+    modality = str(run_cfg.model.modality)
+    if modality != source.modality:
+        wanted = (
+            "text='a sentence' or input=FILE (csv/tsv/json/jsonl)"
+            if modality == "text"
+            else "input=IMAGE or input=FOLDER"
+        )
+        raise ConfigError(
+            f"{source.describe()} is {source.modality} input, but this checkpoint is a "
+            f"{modality} model ({run_cfg.model.name}): give {wanted}"
+        )
+    pair_column = cfg.get("text_pair_column") or run_cfg.data.get("text_pair_column")
+    if modality != "text" or not pair_column:
+        return None
+    if source.kind != "table":
         raise ConfigError("this model classifies text pairs: give input=FILE with both columns")
-    return [str(value)], None
+    check_columns(source.frame, source.path, [str(cfg.text_column), str(pair_column)])
+    return str(pair_column)
+
+
+# --------------------------------------------------------------------------- batches
 
 
 def text_batches(
@@ -147,28 +318,9 @@ def text_batches(
         )
 
 
-# --------------------------------------------------------------------------- image inputs
-
-
-def image_files(value: str) -> list[Path]:
-    """An image file, or every image under a folder (sorted)."""
-    from src.data.image import is_image_file
-
-    path = Path(value).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(str(p)))
-        if not files:
-            raise DataError(f"input={value!r}: no image files in this folder")
-        return files
-    if path.is_file():
-        if not is_image_file(str(path)):
-            raise DataError(f"input={value!r} is not an image file (by its suffix)")
-        return [path]
-    raise DataError(f"input={value!r}: no such file or folder")
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Image files with the model's eval transform (resize, centre crop, normalise)."""
+class ImageFiles:
+    """Image files with the model's eval transform (resize, centre crop, normalise): a map-style
+    dataset for torch's DataLoader."""
 
     def __init__(self, files: Sequence[Path], transform: Any) -> None:
         self.files, self.transform = list(files), transform
@@ -185,6 +337,8 @@ class ImageFiles(torch.utils.data.Dataset):
 def image_batches(
     pre: Any, files: Sequence[Path], batch_size: int, num_workers: int
 ) -> Iterable[dict]:
+    import torch
+
     from src.data.image import build_transforms
 
     transform = build_transforms(pre, augment=False, color_jitter=0.0)
@@ -196,7 +350,6 @@ def image_batches(
 # --------------------------------------------------------------------------- inference
 
 
-@torch.inference_mode()
 def predict_probs(
     module: torch.nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -204,94 +357,102 @@ def predict_probs(
     total: int,
 ) -> torch.Tensor:
     """Softmax class probabilities (float32, on the CPU), one row per input, with a progress bar."""
+    import torch
     from rich.console import Console
     from rich.progress import track
 
     module.to(device)
     out = []
     console = Console(stderr=True)
-    for batch in track(
-        batches, total=total, description="predict", console=console, transient=True
-    ):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out.append(torch.softmax(module(batch).float(), dim=-1).cpu())
+    with torch.inference_mode():
+        for batch in track(
+            batches, total=total, description="predict", console=console, transient=True
+        ):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out.append(torch.softmax(module(batch).float(), dim=-1).cpu())
     return torch.cat(out)
+
+
+def prediction_columns(taken: Sequence[str], label_names: Sequence[str]) -> list[str]:
+    """predicted, prob_<label>...; with a _1, _2, ... suffix where the input has those names."""
+    names = ["predicted", *(f"prob_{n}" for n in label_names)]
+    suffix, n = "", 0
+    while any(name + suffix in taken for name in names):
+        n += 1
+        suffix = f"_{n}"
+    return [name + suffix for name in names]
+
+
+def input_columns(source: PredictInput) -> dict[str, list[str]]:
+    """What the output repeats of the input: a table's columns, else the sentences / file paths."""
+    if source.kind == "table":
+        return {c: [cell(v) for v in source.frame[c].tolist()] for c in source.frame.columns}
+    if source.kind == "images":
+        return {"input": [str(f) for f in source.files]}
+    return {"input": source.texts}
 
 
 def write_predictions(
     path: Path,
-    inputs: Sequence[str],
+    columns: dict[str, list[str]],
     probs: torch.Tensor,
     label_names: Sequence[str],
-    pairs: Sequence[str] | None = None,
-) -> None:
-    """CSV: input, [input_pair,] predicted, prob_<label> per class; written then renamed."""
+) -> list[str]:
+    """CSV: `columns`, then predicted and prob_<label> per class; written then renamed. Returns
+    the names of the added columns."""
+    added = prediction_columns(list(columns), label_names)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    header = ["input", *(["input_pair"] if pairs is not None else []), "predicted"]
-    header += [f"prob_{name}" for name in label_names]
     predicted = probs.argmax(dim=-1).tolist()
+    kept = list(columns.values())
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
+        writer.writerow([*columns, *added])
         for i, row in enumerate(probs.tolist()):
-            pair = [pairs[i]] if pairs is not None else []
             writer.writerow(
-                [inputs[i], *pair, label_names[predicted[i]], *(f"{p:.6f}" for p in row)]
+                [*(c[i] for c in kept), label_names[predicted[i]], *(f"{p:.6f}" for p in row)]
             )
     os.replace(tmp, path)
-
-
-def output_path(cfg: DictConfig) -> Path:
-    out = (
-        Path(str(cfg.out)).expanduser()
-        if cfg.get("out")
-        else Path(cfg.paths.output_dir) / "predictions.csv"
-    )
-    if out.is_dir() or not out.suffix:  # a folder (existing or not): the CSV goes inside
-        out = out / "predictions.csv"
-    ensure_writable_dir(out.parent, "out")
-    return out
-
-
-def check_predict_config(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg, "input") or cfg.input in (None, ""):
-        raise ConfigError("input is not set: give input='a sentence', input=FILE or input=FOLDER")
-    for key in ("batch_size",):
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r} is invalid: must be an int >= 1")
-    if (
-        isinstance(cfg.num_workers, bool)
-        or not isinstance(cfg.num_workers, int)
-        or cfg.num_workers < 0
-    ):
-        raise ConfigError(f"num_workers={cfg.num_workers!r} is invalid: must be an int >= 0")
+    return added
 
 
 def predict(cfg: DictConfig) -> Path:
     """Predict every input; return the CSV's path."""
+    # Everything about the input and the output first: no torch import, no checkpoint read.
     check_predict_config(cfg)
-    out = output_path(cfg)  # before loading anything: an unwritable path fails at once
+    source = read_input(cfg)
+    out = output_path(cfg, source)
     device = resolve_device(str(cfg.device))
-    model = load_model(cfg.ckpt_path)
+    ckpt, run_cfg, label_names = read_checkpoint(cfg.ckpt_path)
+    pair_column = check_fits_model(source, cfg, run_cfg)
+    model = build_model(ckpt, run_cfg, label_names)
+    del ckpt
     batch_size = int(cfg.batch_size)
-    pairs = None
-    if model.modality == "text":
-        texts, pairs = text_inputs(cfg, model.run_cfg)
-        max_length = int(model.run_cfg.data.get("max_length") or 512)
-        batches = text_batches(model.processor, texts, pairs, max_length, batch_size)
-        inputs = texts
+    if source.kind == "images":
+        n = len(source.files)
+        batches = image_batches(model.processor, source.files, batch_size, int(cfg.num_workers))
     else:
-        if isinstance(cfg.input, ListConfig):
-            raise ConfigError("an image model takes input=FILE or input=FOLDER")
-        files = image_files(str(cfg.input))
-        batches = image_batches(model.processor, files, batch_size, int(cfg.num_workers))
-        inputs = [str(f) for f in files]
-    total = -(-len(inputs) // batch_size)
-    probs = predict_probs(model.module, batches, device, total)
-    write_predictions(out, inputs, probs, model.label_names, pairs)
-    counts = {n: int((probs.argmax(-1) == i).sum()) for i, n in enumerate(model.label_names)}
-    print(f"ftlab: {len(inputs)} predictions -> {out}  {counts}", file=sys.stderr, flush=True)
+        if source.kind == "table":
+            texts = [cell(v) for v in source.frame[str(cfg.text_column)].tolist()]
+            pairs = [cell(v) for v in source.frame[pair_column].tolist()] if pair_column else None
+        else:
+            texts, pairs = source.texts, None
+        n = len(texts)
+        max_length = run_max_length(model.run_cfg)
+        batches = text_batches(model.processor, texts, pairs, max_length, batch_size)
+    probs = predict_probs(model.module, batches, device, -(-n // batch_size))
+    columns = input_columns(source)
+    added = write_predictions(out, columns, probs, model.label_names)
+    if added[0] != "predicted":
+        print(
+            f"ftlab: the input already has predicted / prob_* columns; the new ones are "
+            f"{', '.join(added)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    counts = {name: 0 for name in model.label_names}
+    for i in probs.argmax(-1).tolist():
+        counts[model.label_names[i]] += 1
+    print(f"ftlab: {n} predictions -> {out}  {counts}", file=sys.stderr, flush=True)
     return out
 
 
