@@ -6,13 +6,20 @@
 - torchscript: `torch.jit.trace` of the network; inputs in `export.json`'s `input_names` order.
 
 onnx/torchscript exports also hold the tokenizer (text) or `preprocessing.json` (images).
-After export, the saved model is loaded back and its logits compared with the checkpoint's.
+A text export's tokenizer carries the run's truncation: `model_max_length` is the run's
+`data.max_length`, so `tokenizer(texts, truncation=True)` (and
+`pipeline(..., truncation=True)`) cuts texts as ftlab does. transformers' text-classification
+pipeline does not truncate unless asked: without `truncation=True`, a text longer than the
+model's positions (512 for BERT) fails there.
+After export, the saved model is loaded back and its logits compared with the checkpoint's; for
+text, on a text longer than max_length too, tokenized by the export's own tokenizer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,13 +31,15 @@ from omegaconf import DictConfig
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.errors import ConfigError, ensure_writable_dir, exit_on_user_error
-from src.predict import LoadedModel, load_model
+from src.predict import LoadedModel, load_model, run_max_length
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx", "torchscript")
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 SAMPLE_TEXTS = ["a short example", "a second, somewhat longer example sentence to classify"]
+# What a user passes to transformers' pipeline so that it truncates as ftlab does.
+PIPELINE_KWARGS = {"truncation": True}
 
 
 class TensorInputs(torch.nn.Module):
@@ -66,6 +75,15 @@ def dynamic_shapes(model: LoadedModel, input_names: list[str]) -> tuple[tuple[di
     sequence = Dim("sequence", min=1, max=max_len)
     # One entry per positional input of TensorInputs.forward (*tensors: one tuple).
     return (tuple({0: batch, 1: sequence} for _ in input_names),)
+
+
+def set_truncation(model: LoadedModel) -> None:
+    """The tokenizer truncates like ftlab when asked to (`truncation=True`, no max_length): at the
+    run's max_length, on the tokenizer's truncation side; both saved in tokenizer_config.json."""
+    tokenizer = model.processor
+    tokenizer.model_max_length = run_max_length(model.run_cfg)
+    tokenizer.init_kwargs["model_max_length"] = tokenizer.model_max_length
+    tokenizer.init_kwargs["truncation_side"] = tokenizer.truncation_side
 
 
 def export_hf(model: LoadedModel, out: Path) -> None:
@@ -112,7 +130,64 @@ def save_preprocessing(model: LoadedModel, out: Path) -> None:
         )
 
 
+def file_modes(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def default_permissions(folder: Path, before: dict[Path, int]) -> None:
+    """What the export wrote gets the modes `open()` / `mkdir` give (0666 / 0777 less the umask):
+    safetensors writes model.safetensors as 0600, unreadable to anyone else sharing the export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path, mtime in file_modes(folder).items():
+        if before.get(path) != mtime and not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 # --------------------------------------------------------------------------- load back and compare
+
+
+def long_text(model: LoadedModel) -> str | None:
+    """A text longer than the run's max_length (None where max_length exceeds the model's
+    positions: such a run cannot take long texts at all)."""
+    max_length = run_max_length(model.run_cfg)
+    positions = getattr(model.module.network.model.config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        return None
+    return " ".join(SAMPLE_TEXTS * max_length)
+
+
+def check_batches(model: LoadedModel, fmt: str, out: Path) -> tuple[dict, dict]:
+    """(checkpoint batch, export batch): for text, ftlab's tokenization at the run's max_length
+    and the exported tokenizer's own `truncation=True`, of texts including a long one."""
+    if model.modality != "text":
+        batch = sample_batch(model, n=3)
+        return batch, batch
+    from transformers import AutoTokenizer
+
+    texts = [*SAMPLE_TEXTS, "another"]
+    if (text := long_text(model)) is not None:
+        texts.append(text)
+    ours = dict(
+        model.processor(
+            texts,
+            truncation=True,
+            max_length=run_max_length(model.run_cfg),
+            padding=True,
+            return_tensors="pt",
+        )
+    )
+    exported = AutoTokenizer.from_pretrained(out)
+    theirs = dict(exported(texts, truncation=True, padding=True, return_tensors="pt"))
+    if theirs["input_ids"].shape != ours["input_ids"].shape or not torch.equal(
+        theirs["input_ids"], ours["input_ids"]
+    ):
+        raise ConfigError(
+            f"the {fmt} export's tokenizer does not truncate like the checkpoint "
+            f"(max_length={run_max_length(model.run_cfg)}): {tuple(theirs['input_ids'].shape)} "
+            f"vs {tuple(ours['input_ids'].shape)} token ids"
+        )
+    return ours, theirs if fmt == "hf" else ours
 
 
 def exported_logits(fmt: str, out: Path, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -156,6 +231,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "(use format=onnx or format=torchscript)"
         )
     batch = sample_batch(model)
+    before = file_modes(out)
+    if model.modality == "text":
+        set_truncation(model)
     if fmt == "hf":
         export_hf(model, out)
     else:
@@ -164,6 +242,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         else:
             export_torchscript(model, out, batch)
         save_preprocessing(model, out)
+    default_permissions(out, before)
     info: dict[str, Any] = {
         "format": fmt,
         "ckpt_path": str(Path(cfg.ckpt_path).expanduser().resolve()),
@@ -172,11 +251,16 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "label_names": model.label_names,
         "input_names": list(batch),
     }
+    if model.modality == "text":
+        info["max_length"] = run_max_length(model.run_cfg)
+        info["truncation_side"] = str(model.processor.truncation_side)
+        if fmt == "hf":
+            info["pipeline_kwargs"] = PIPELINE_KWARGS
     if cfg.check:
         # Another batch shape than the one traced/exported: dynamic axes must really be dynamic.
-        check = sample_batch(model, n=3)
+        ours, theirs = check_batches(model, fmt, out)
         diff = (
-            (exported_logits(fmt, out, check) - checkpoint_logits(model, check)).abs().max().item()
+            (exported_logits(fmt, out, theirs) - checkpoint_logits(model, ours)).abs().max().item()
         )
         info["check_max_abs_diff"] = diff
         if not diff <= float(cfg.atol):
@@ -189,6 +273,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         file=sys.stderr,
         flush=True,
     )
+    if fmt == "hf" and model.modality == "text":
+        print(
+            f"ftlab: to predict as ftlab does (truncation at max_length={info['max_length']}): "
+            f"pipeline('text-classification', model={str(out)!r}, truncation=True)",
+            file=sys.stderr,
+            flush=True,
+        )
     return info
 
 
