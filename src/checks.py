@@ -8,6 +8,52 @@ from src.errors import ConfigError
 
 MONITORED = ("val/acc", "val/f1", "val/loss", "val/precision", "val/recall")
 
+# The keys each data module takes (its __init__ parameters but `processor`), so a mistyped
+# `+data.max_len=...` fails here instead of being ignored; tests/test_checks.py keeps these
+# equal to the signatures.
+DATA_KEYS: dict[str, tuple[str, ...]] = {
+    "src.data.text.TextDataModule": (
+        "train_file",
+        "test_file",
+        "val_file",
+        "hub",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "label_names",
+        "val_fraction",
+        "test_fraction",
+        "strip_html",
+        "delimiter",
+        "limit_train",
+        "max_length",
+        "batch_size",
+        "eval_batch_size",
+        "group_by_length",
+        "num_workers",
+        "cache_dir",
+        "seed",
+        "folds",
+        "fold",
+    ),  # fmt: skip
+    "src.data.image.ImageDataModule": (
+        "root",
+        "train_dir",
+        "val_dir",
+        "test_dir",
+        "val_fraction",
+        "test_fraction",
+        "batch_size",
+        "eval_batch_size",
+        "augment",
+        "color_jitter",
+        "num_workers",
+        "seed",
+        "folds",
+        "fold",
+    ),  # fmt: skip
+}
+
 
 def _positive(value: object, key: str, kind: type = float, minimum: float = 0.0) -> None:
     try:
@@ -30,14 +76,24 @@ def check_train_config(cfg: DictConfig) -> None:
             f"model={cfg.model.name} is a {cfg.model.modality} model but task={cfg.task.name} is "
             f"a {cfg.task.modality} task; pick a {cfg.task.modality} model"
         )
+    check_data_keys(cfg.data)
+    if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed"), int):
+        raise ConfigError(f"seed={cfg.get('seed')!r} is invalid: must be an int")
     _positive(cfg.optimizer.lr, "optimizer.lr")
     _positive(cfg.optimizer.get("weight_decay", 0.0), "optimizer.weight_decay", minimum=-1e-12)
     _positive(cfg.data.batch_size, "data.batch_size", int, 1)
     _positive(cfg.data.get("eval_batch_size", 1), "data.eval_batch_size", int, 1)
-    if cfg.trainer.get("max_epochs") is not None and cfg.trainer.max_epochs != -1:
-        _positive(cfg.trainer.max_epochs, "trainer.max_epochs", int, 1)
-    if "val_fraction" in cfg.data and not 0 < float(cfg.data.val_fraction) < 1:
-        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)")
+    check_epochs(cfg.trainer)
+    for key in ("val_fraction", "test_fraction"):
+        value = cfg.data.get(key)
+        if value is None and key == "test_fraction":
+            continue
+        if key in cfg.data and not _fraction(value):
+            raise ConfigError(f"data.{key}={value!r} is invalid: must be a float in (0, 1)")
+    if cfg.data.get("delimiter") is not None:
+        from src.data.preflight import parse_delimiter
+
+        parse_delimiter(cfg.data.delimiter)
     if cfg.data.get("limit_train") is not None:
         _positive(cfg.data.limit_train, "data.limit_train", int, 2)
     if cfg.data.get("max_length") is not None:
@@ -52,6 +108,94 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
     if cfg.model.family == "hf" and OmegaConf.is_missing(cfg.model, "pretrained"):
         raise ConfigError("model.pretrained is not set; give a hub id or a local model dir")
+    if cfg.model.family == "hf" and cfg.data.get("max_length") is not None:
+        check_max_length(int(cfg.data.max_length), cfg.model.pretrained)
+    check_accelerator(cfg.trainer)
+
+
+def _fraction(value: object) -> bool:
+    try:
+        return not isinstance(value, bool) and 0 < float(value) < 1
+    except (TypeError, ValueError):
+        return False
+
+
+def check_data_keys(data: DictConfig) -> None:
+    """Every data key is set and is one the task's data module takes."""
+    for key in data:
+        if OmegaConf.is_missing(data, key):
+            raise ConfigError(f"data.{key} is not set; give it on the command line: data.{key}=...")
+    valid = DATA_KEYS.get(str(data.get("_target_")))
+    if valid is None:
+        return  # a data module of the user's own: its constructor checks its arguments
+    unknown = [k for k in data if k != "_target_" and k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"data.{unknown[0]} is not a setting of this task's data; valid: {', '.join(valid)}"
+        )
+
+
+def check_epochs(trainer: DictConfig) -> None:
+    """max_epochs >= 1; -1 (no epoch limit) only with a max_steps limit."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if epochs == -1 and isinstance(steps, int) and steps > 0:
+        return
+    if epochs is not None:
+        if epochs == -1:
+            raise ConfigError(
+                "trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps=N > 0: the LR "
+                "schedule must know where training ends"
+            )
+        _positive(epochs, "trainer.max_epochs", int, 1)
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """A GPU accelerator asked for on a machine where torch sees none."""
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch  # not Lightning: about 1 s
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but torch sees no CUDA GPU here "
+            "(CUDA_VISIBLE_DEVICES, driver); use trainer.accelerator=auto or cpu"
+        )
+
+
+def model_position_limit(pretrained: str) -> tuple[int, str] | None:
+    """The longest input (in tokens) a local or packaged HF model takes, and where that is said:
+    the tokenizer's model_max_length, else config.json's max_position_embeddings (RoBERTa-style
+    models reserve 2 positions for padding offsets)."""
+    import json
+    from pathlib import Path
+
+    from src.assets import packaged_hf_model
+
+    root = packaged_hf_model(str(pretrained)) or Path(str(pretrained)).expanduser()
+    config_file = root / "config.json"
+    if not config_file.is_file():
+        return None  # a hub id not available here: loading the model reports it
+    tok_file = root / "tokenizer_config.json"
+    if tok_file.is_file():
+        limit = json.loads(tok_file.read_text()).get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < 1_000_000:
+            return limit, f"model_max_length in {tok_file.name}"
+    config = json.loads(config_file.read_text())
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int):
+        return None
+    offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
+    return positions - offset, f"max_position_embeddings in {config_file.name}"
+
+
+def check_max_length(max_length: int, pretrained: str) -> None:
+    found = model_position_limit(pretrained)
+    if found and max_length > found[0]:
+        raise ConfigError(
+            f"data.max_length={max_length} is above what model {pretrained} takes: at most "
+            f"{found[0]} tokens ({found[1]}); use data.max_length<={found[0]}"
+        )
 
 
 def check_class_weights(value: object) -> None:
@@ -66,3 +210,28 @@ def check_class_weights(value: object) -> None:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
             shown = OmegaConf.to_container(value) if OmegaConf.is_list(value) else weights
             raise ConfigError(f"loss.class_weights={shown} is invalid: {w!r} is not > 0; {valid}")
+
+
+def reject_unknown_keys(cfg: DictConfig, config_name: str, why: str = "") -> None:
+    """Keys added with `+key=...` that the entry point's own config file does not declare: they
+    would be silently ignored, so they are an error naming the valid keys."""
+    from src import PROJECT_ROOT
+
+    declared = OmegaConf.to_container(
+        OmegaConf.load(PROJECT_ROOT / "conf" / f"{config_name}.yaml"), resolve=False
+    )
+    given = OmegaConf.to_container(cfg, resolve=False)
+    groups = {"paths", "hydra", "defaults"}  # composed from their own groups
+
+    def walk(node: dict, known: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if prefix == "" and key in groups:
+                continue
+            name = f"{prefix}{key}"
+            if key not in known:
+                valid = ", ".join(f"{prefix}{k}" for k in known if k not in groups)
+                raise ConfigError(f"{name} is not a setting of this command{why}; valid: {valid}")
+            if isinstance(value, dict) and isinstance(known[key], dict):
+                walk(value, known[key], f"{name}.")
+
+    walk(given, declared, "")

@@ -16,6 +16,7 @@ from src.errors import ConfigError, exit_on_user_error
 from src.finetune import prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network, build_processor
+from src.progress import progress_bar
 from src.run import TEST_KEYS, VAL_KEYS, print_summary, resolve_precision, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ def relocate_data(run_cfg: DictConfig, data_dir: str | None) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from src.checks import reject_unknown_keys
+
+    # e.g. +data.test_file=...: src.eval tests on the checkpoint's own task data only
+    reject_unknown_keys(cfg, "eval", " (src.eval tests on the data of the checkpoint's run)")
     ckpt = load_checkpoint(cfg.ckpt_path)
     run_cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
     relocate_data(run_cfg, cfg.get("data_dir"))
@@ -101,7 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         precision=precision,
         logger=False,
         default_root_dir=cfg.paths.output_dir,
-        enable_progress_bar=True,
+        callbacks=[progress_bar()],  # Rich on a terminal, plain lines in a log
     )
     if cfg.split == "val":
         results = trainer.validate(module, datamodule=datamodule, verbose=False)

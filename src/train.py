@@ -60,6 +60,7 @@ def build_data_and_module(cfg: DictConfig):
 def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
 
     from src.run import (
         AtomicCheckpointIO,
@@ -75,6 +76,9 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Tra
     )
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + (extra_callbacks or [])
     callbacks.append(ExactResume())  # RNG states and the loader's position in checkpoints
+    # callbacks.progress_bar=null: no progress output at all (not Lightning's default bar)
+    if not any(isinstance(c, ProgressBar) for c in callbacks):
+        trainer_cfg["enable_progress_bar"] = False
     try:
         return instantiate(
             trainer_cfg,
@@ -119,6 +123,10 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     must not see (src/cv.py reports the running CV mean instead)."""
     started = time.time()
     check_train_config(cfg)  # before the heavy imports: a bad value is reported at once
+    if cfg.task.modality == "text":
+        from src.data.preflight import preflight_text_data
+
+        preflight_text_data(cfg.data)  # files, columns and labels, read with pandas only
     import lightning as L
 
     from src.data.report import publish_data_report

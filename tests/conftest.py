@@ -127,5 +127,6 @@ def tiny_text_overrides(tiny_bert: Path, data: Path) -> list[str]:
         f"data.test_file={data / 'test.csv'}",
         "data.val_fraction=0.25",
         "data.batch_size=8",
+        "data.max_length=64",  # the tiny BERT's position limit
         "trainer.precision=32-true",
     ]

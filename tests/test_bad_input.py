@@ -36,6 +36,7 @@ def text(*extra: str) -> tuple[str, ...]:
         "data.train_file={train_csv}",
         "data.val_fraction=0.25",
         "data.batch_size=8",
+        "data.max_length=64",
         "trainer.max_epochs=1",
         "trainer.precision=32-true",
         "trainer.enable_model_summary=false",

@@ -110,6 +110,7 @@ class ImageDataModule(L.LightningDataModule):
         val_dir: str = "val",
         test_dir: str = "test",
         val_fraction: float = 0.2,
+        test_fraction: float | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         augment: bool = True,
@@ -124,6 +125,7 @@ class ImageDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction  # no test/ folder: hold out this share of train
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.augment = augment
@@ -190,23 +192,41 @@ class ImageDataModule(L.LightningDataModule):
         splits: dict[str, Dataset] = {}
         has_val = (self.root / self.dirs["val"]).is_dir()
         has_test = (self.root / self.dirs["test"]).is_dir()
+        # Indices of the training images left for train / val after a test split is carved.
+        pool = list(range(len(train.targets)))
+        if not has_test and self.test_fraction and not (self.folds and has_val):
+            pool, test_idx = stratified_split(train.targets, self.test_fraction, self.seed)
+            splits["test"] = Subset(self._folder("train", train_transform=False), test_idx)
+        targets = [train.targets[i] for i in pool]
         if self.folds:
             # Cross-validation folds the training images; a val folder becomes the test split
             # (when there is no test folder), so every fold is tested on the same held-out data.
-            train_idx, val_idx = fold_split(train.targets, self.folds, self.fold, self.seed)
-            splits["train"] = Subset(train, train_idx)
-            splits["val"] = Subset(self._folder("train", train_transform=False), val_idx)
+            train_pos, val_pos = fold_split(targets, self.folds, self.fold, self.seed)
+            splits["train"] = Subset(train, [pool[i] for i in train_pos])
+            evaluated = self._folder("train", train_transform=False)
+            splits["val"] = Subset(evaluated, [pool[i] for i in val_pos])
             if not has_test and has_val:
                 splits["test"] = self._folder("val", train_transform=False)
         elif has_val:
-            splits["train"], splits["val"] = train, self._folder("val", train_transform=False)
+            splits["train"] = train if len(pool) == len(train.targets) else Subset(train, pool)
+            splits["val"] = self._folder("val", train_transform=False)
         else:
-            train_idx, val_idx = stratified_split(train.targets, self.val_fraction, self.seed)
-            splits["train"] = Subset(train, train_idx)
-            splits["val"] = Subset(self._folder("train", train_transform=False), val_idx)
+            train_pos, val_pos = stratified_split(targets, self.val_fraction, self.seed)
+            splits["train"] = Subset(train, [pool[i] for i in train_pos])
+            evaluated = self._folder("train", train_transform=False)
+            splits["val"] = Subset(evaluated, [pool[i] for i in val_pos])
         if has_test:
             splits["test"] = self._folder("test", train_transform=False)
-        splits.setdefault("test", splits["val"])
+        if "test" not in splits:
+            log.warning(
+                "data: no %s/ folder and data.test_fraction=%s: the val split, which picks the "
+                "best checkpoint, is reported as test (optimistic); add %s/ or set "
+                "data.test_fraction",
+                self.dirs["test"],
+                self.test_fraction,
+                self.dirs["test"],
+            )
+            splits["test"] = splits["val"]
         for split in ("val", "test"):
             ds = splits[split]
             classes = (ds.dataset if isinstance(ds, Subset) else ds).classes

@@ -10,6 +10,7 @@ writes it into its dir and the TensorBoard text tab.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -24,7 +25,11 @@ log = logging.getLogger(__name__)
 # max/min train class count at or above which the report warns (and suggests class weights).
 IMBALANCE_WARNING_RATIO = 3.0
 PERCENTILES = (50, 90, 95, 99)
-MAX_LISTED = 20  # dropped rows / paths listed by name; the counts are always complete
+MAX_LISTED = 20
+# Share of a split's texts cut by max_length above which the report warns (and suggests a value).
+TRUNCATION_WARNING_SHARE = 0.02
+# Validation splits smaller than this get a warning with the uncertainty of their accuracy.
+SMALL_VAL_WARNING = 200  # dropped rows / paths listed by name; the counts are always complete
 
 
 def split_summary(labels: Sequence[int], label_names: Sequence[str]) -> dict[str, Any]:
@@ -126,15 +131,42 @@ def warn_about(report: dict[str, Any]) -> None:
                 dup[f"train_{split}"],
                 split,
             )
-    for split, stats in report.get("token_lengths", {}).get("splits", {}).items():
-        if stats.get("truncated"):
-            log.info(
-                "data: max_length=%d truncates %d %s example(s) (longest %d tokens)",
-                report["token_lengths"]["max_length"],
-                stats["truncated"],
-                split,
-                stats["max"],
-            )
+    lengths = report.get("token_lengths", {})
+    for split, stats in lengths.get("splits", {}).items():
+        n = report["splits"].get(split, {}).get("n_examples") or 0
+        if not stats.get("truncated") or not n:
+            continue
+        share = stats["truncated"] / n
+        log.log(
+            logging.WARNING if share > TRUNCATION_WARNING_SHARE else logging.INFO,
+            "data: max_length=%d truncates %d of %d %s texts (%.0f%%, longest %d tokens); "
+            "max_length=%d would keep 95%% whole",
+            lengths["max_length"],
+            stats["truncated"],
+            n,
+            split,
+            100 * share,
+            stats["max"],
+            math.ceil(stats["p95"]),
+        )
+    markup = report.get("html") or {}
+    if markup.get("texts_with_html") and not markup.get("stripped"):
+        log.warning(
+            "data: %d of %d training texts hold HTML tags or entities (e.g. %r), which cost "
+            "tokens and mean nothing to the model; data.strip_html=true removes them",
+            markup["texts_with_html"],
+            markup["n_texts"],
+            markup["example"],
+        )
+    n_val = report["splits"].get("val", {}).get("n_examples") or 0
+    if 0 < n_val < SMALL_VAL_WARNING:
+        log.warning(
+            "data: the val split has only %d examples: an accuracy measured on it is uncertain "
+            "by about +-%.0f points (95%% interval at 50%%), so it picks checkpoints and "
+            "early-stops on noise; give more validation data (data.val_fraction, data.val_file)",
+            n_val,
+            100 * 1.96 * math.sqrt(0.25 / n_val),
+        )
     imb = report["imbalance"]
     if imb["warning"]:
         log.warning(

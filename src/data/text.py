@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -16,38 +15,23 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from src.data.preflight import check_data_file, delimiter_hint, reader_options
 from src.data.report import MAX_LISTED, build_report, length_summary, warn_about
 from src.data.resumable import resumable_train_loader
 from src.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# file suffix -> (datasets builder, extra reader options)
-READERS: dict[str, tuple[str, dict[str, Any]]] = {
-    ".csv": ("csv", {"keep_default_na": False}),
-    # GLUE-style tsv: no quoting at all (SST-2 sentences hold bare quote characters).
-    ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}),
-    ".json": ("json", {}),
-    ".jsonl": ("json", {}),
-    ".parquet": ("parquet", {}),
-}
 SPLITS = ("train", "val", "test")
 
 
-def load_local_split(path: str, cache_dir: str) -> Any:
+def load_local_split(path: str, cache_dir: str, delimiter: str | None = None) -> Any:
     """One local file as a `datasets.Dataset`, with a clear error for a bad path or format."""
     from datasets import load_dataset
 
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(
-            f"data file not found: {file} (set paths.data_dir=DIR or the FTLAB_DATA_DIR "
-            "environment variable, or point data.train_file/data.test_file at your files)"
-        )
+    file = check_data_file(path, "data file")
+    builder, options = reader_options(file, delimiter)
     suffix = file.suffix.lower()
-    if suffix not in READERS:
-        raise DataError(f"cannot read {file}: suffix {suffix!r}; valid: {', '.join(READERS)}")
-    builder, options = READERS[suffix]
     if not _has_rows(file, header=builder == "csv"):
         raise DataError(
             f"{file} has no examples (empty{', or a header line only' if builder == 'csv' else ''})"
@@ -64,8 +48,9 @@ def load_local_split(path: str, cache_dir: str) -> Any:
         if decode is not None or "Invalid UTF8" in str(chain[-1]):
             where = f" ({decode.reason} at byte {decode.start})" if decode else ""
             raise DataError(f"{file} is not UTF-8 text{where}") from e
+        hint = delimiter_hint(file, options.get("sep", ",")) if builder == "csv" else ""
         raise DataError(
-            f"cannot parse {file} as {suffix[1:]}: {str(chain[-1]).splitlines()[0]}"
+            f"cannot parse {file} as {suffix[1:]}: {str(chain[-1]).splitlines()[0]}{hint}"
         ) from e
 
 
@@ -137,6 +122,9 @@ class TextDataModule(L.LightningDataModule):
         label_column: str = "label",
         label_names: list[str] | None = None,
         val_fraction: float = 0.1,
+        test_fraction: float | None = None,
+        strip_html: bool = False,
+        delimiter: str | None = None,
         limit_train: int | None = None,
         max_length: int = 128,
         batch_size: int = 32,
@@ -156,6 +144,11 @@ class TextDataModule(L.LightningDataModule):
         self.label_column = label_column
         self.label_names = list(label_names) if label_names else None
         self.val_fraction = val_fraction
+        # Without a test file, this fraction of train is held out as the test split (null: the
+        # val split is also reported as test, with a warning).
+        self.test_fraction = test_fraction
+        self.strip_html = strip_html
+        self.delimiter = delimiter
         self.limit_train = limit_train
         self.max_length = max_length
         self.batch_size = batch_size
@@ -179,9 +172,15 @@ class TextDataModule(L.LightningDataModule):
         train_file = self.files["train"]
         if train_file and Path(train_file).expanduser().is_file():
             datasets_cache = str(Path(self.cache_dir).parent / "datasets")
-            return {s: load_local_split(f, datasets_cache) for s, f in self.files.items() if f}
+            return {
+                s: load_local_split(f, datasets_cache, self.delimiter)
+                for s, f in self.files.items()
+                if f
+            }
         if not self.hub:
-            load_local_split(str(train_file), "")  # raises the "file not found" error
+            load_local_split(
+                str(train_file), "", self.delimiter
+            )  # raises the "file not found" error
         return self._hub_splits(train_file)
 
     def _hub_splits(self, missing: str | None) -> dict[str, Any]:
@@ -208,36 +207,18 @@ class TextDataModule(L.LightningDataModule):
                 )
 
     def _encode_labels(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Map labels to 0..K-1, checking every value fits the declared classes."""
-        values = sorted({v for ds in raw.values() for v in ds.unique(self.label_column)}, key=str)
-        names = self.label_names
-        if names is None:
-            ints = all(isinstance(v, int) for v in values)
-            names = [str(v) for v in (range(max(values) + 1) if ints and values else values)]
-            self.label_names = names
-        index = {n: i for i, n in enumerate(names)}
+        """Map labels to 0..K-1: the classes come from the train split (or data.label_names);
+        a val / test label outside them is an error naming the label, the file and the row."""
+        from src.data.labels import encoder_from_train
 
-        def to_id(v: Any) -> int:
-            if isinstance(v, bool) or v is None:
-                raise KeyError(v)
-            if isinstance(v, int):
-                if 0 <= v < len(names):
-                    return v
-                raise KeyError(v)
-            return index[str(v)]
-
-        for v in values:
-            try:
-                to_id(v)
-            except KeyError:
-                raise DataError(
-                    f"label {v!r} in column {self.label_column!r} does not fit the "
-                    f"{len(names)} classes {names} (labels must be 0..{len(names) - 1} or one "
-                    "of the names; set data.label_names)"
-                ) from None
         col = self.label_column
+        values = {s: column_values(ds, col) for s, ds in raw.items()}
+        encoder = encoder_from_train(values["train"], self.label_names, self.files["train"], col)
+        self.label_names = encoder.names
         return {
-            s: ds.map(lambda b: {"labels": [to_id(v) for v in b[col]]}, batched=True)
+            s: ds.remove_columns([c for c in ("labels",) if c in ds.column_names]).add_column(
+                "labels", encoder.encode(s, values[s], self.files.get(s), col)
+            )
             for s, ds in raw.items()
         }
 
@@ -250,7 +231,11 @@ class TextDataModule(L.LightningDataModule):
             "columns": [self.text_columns, self.label_column, self.label_names],
             "max_length": self.max_length,
             "val": [self.val_fraction, self.seed, self.limit_train, self.folds, self.fold],
-            "version": 2,  # 2: empty texts dropped, data_report.json stored with the entry
+            "test": self.test_fraction,
+            "read": [self.delimiter, self.strip_html],
+            # 2: empty texts dropped, data_report.json stored with the entry; 3: classes from
+            # the train split, test carved with test_fraction, HTML counted
+            "version": 3,
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -274,14 +259,17 @@ class TextDataModule(L.LightningDataModule):
             self._check_columns(split, ds)
             if len(ds) == 0:
                 raise DataError(f"the {split} split is empty ({self.files.get(split)})")
+        raw = self._encode_labels(raw)  # before any row is dropped: errors name file rows
         raw, dropped = self._drop_empty_texts(raw)
-        raw = self._encode_labels(raw)
+        html = self._html_summary(raw["train"])
+        if self.strip_html:
+            raw = {s: self._strip_html(ds) for s, ds in raw.items()}
         raw = self._carve_validation(raw)
         splits: dict[str, Any] = {}
         for split, ds in raw.items():
             same = next((s for s in splits if raw[s] is ds), None)  # test is val: tokenize once
             splits[split] = splits[same] if same else self._tokenize(ds)
-        self.data_report = self._report(raw, splits, dropped)
+        self.data_report = {**self._report(raw, splits, dropped), "html": html}
         splits = {s: ds.remove_columns("n_tokens") for s, ds in splits.items()}
         warn_about(self.data_report)
         if cache is not None:
@@ -325,6 +313,30 @@ class TextDataModule(L.LightningDataModule):
             kept[split] = ds
         return kept, dropped
 
+    def _html_summary(self, train: Any) -> dict[str, Any]:
+        """How many training texts hold HTML tags or entities (before data.strip_html)."""
+        from src.data.html import html_markup
+
+        found = [
+            m
+            for col in _columns(train, self.text_columns).values()
+            for t in col
+            if (m := html_markup(str(t)))
+        ]
+        return {
+            "texts_with_html": len(found),
+            "n_texts": len(train) * len(self.text_columns),
+            "example": found[0] if found else None,
+            "stripped": bool(self.strip_html),
+        }
+
+    def _strip_html(self, ds: Any) -> Any:
+        """data.strip_html=true: tags become spaces, entities their characters."""
+        from src.data.html import strip_html
+
+        cols = self.text_columns
+        return ds.map(lambda b: {c: [strip_html(t) for t in b[c]] for c in cols}, batched=True)
+
     def _report(
         self, raw: dict[str, Any], tokenized: dict[str, Any], dropped: dict[str, Any]
     ) -> dict[str, Any]:
@@ -355,12 +367,27 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def _carve_validation(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Held-out splits carved from train where there is no file for them (seeded and
+        stratified, so small splits keep the class balance): test first (`test_fraction`, when
+        there is no test file), then val (`val_fraction` of the rest) or the CV fold."""
+        from datasets import ClassLabel
+
+        from src.data.splits import fold_split
+
         train = raw["train"]
         if self.limit_train is not None and self.limit_train < len(train):
             train = train.shuffle(seed=self.seed).select(range(self.limit_train))
-        if self.folds:
-            from src.data.splits import fold_split
 
+        def carve(ds: Any, fraction: float) -> tuple[Any, Any]:
+            ds = ds.cast_column("labels", ClassLabel(names=self.label_names))
+            parts = ds.train_test_split(
+                test_size=fraction, seed=self.seed, stratify_by_column="labels"
+            )
+            return parts["train"], parts["test"]
+
+        if "test" not in raw and self.test_fraction and not ("val" in raw and self.folds):
+            train, raw["test"] = carve(train, self.test_fraction)
+        if self.folds:
             # Cross-validation folds the training data; a val file becomes the test split
             # (when there is no test file), so every fold is tested on the same held-out data.
             train_idx, val_idx = fold_split(
@@ -370,16 +397,15 @@ class TextDataModule(L.LightningDataModule):
                 raw.setdefault("test", raw["val"])
             train, raw["val"] = train.select(train_idx), train.select(val_idx)
         elif "val" not in raw:
-            from datasets import ClassLabel
-
-            # Stratified, so a small validation split keeps the class balance of train.
-            train = train.cast_column("labels", ClassLabel(names=self.label_names))
-            parts = train.train_test_split(
-                test_size=self.val_fraction, seed=self.seed, stratify_by_column="labels"
-            )
-            train, raw["val"] = parts["train"], parts["test"]
+            train, raw["val"] = carve(train, self.val_fraction)
         raw["train"] = train
         if "test" not in raw:
+            log.warning(
+                "data: no test file and data.test_fraction=%s: the val split, which picks the "
+                "best checkpoint, is reported as test (optimistic); set data.test_file or "
+                "data.test_fraction",
+                self.test_fraction,
+            )
             raw["test"] = raw["val"]
         return raw
 
