@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,7 @@ def text_run_args(tiny_bert: Path, data: Path, workdir: Path, seed: int) -> list
         "data.label_names=[neg,pos]",
         "data.val_fraction=0.25",
         "data.batch_size=8",
+        "data.max_length=32",  # under the tiny BERT's 64 positions: long texts are cut, not fatal
         "optimizer.lr=3e-3",
         "trainer.max_epochs=2",
         "callbacks.model_checkpoint.save_top_k=2",  # both epochs: two ensemble members
@@ -82,11 +86,13 @@ def image_ckpt(tiny_images, workdir) -> Path:
 
 
 def checkpoint_probs(ckpt: Path, texts: list[str]) -> torch.Tensor:
-    """Reference probabilities: the checkpoint's module run in this process."""
-    from src.predict import load_model, text_batches
+    """Reference probabilities: the checkpoint's module run in this process, on texts truncated
+    to the run's max_length as in training."""
+    from src.predict import load_model, run_max_length, text_batches
 
     model = load_model(ckpt)
-    batch = next(text_batches(model.processor, texts, None, 128, len(texts)))
+    max_length = run_max_length(model.run_cfg)
+    batch = next(text_batches(model.processor, texts, None, max_length, len(texts)))
     with torch.inference_mode():
         return torch.softmax(model.module(batch), dim=-1)
 
@@ -120,8 +126,8 @@ def test_predict_text_file_without_training_data(text_run, text_ckpt, text_data,
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(out)
     truth = read_csv(test_csv)
-    assert list(rows[0]) == ["input", "predicted", "prob_neg", "prob_pos"]
-    assert [r["input"] for r in rows] == [t["text"] for t in truth]
+    assert list(rows[0]) == ["text", "label", "predicted", "prob_neg", "prob_pos"]
+    assert [(r["text"], r["label"]) for r in rows] == [(t["text"], t["label"]) for t in truth]
     for r in rows:
         assert float(r["prob_neg"]) + float(r["prob_pos"]) == pytest.approx(1.0, abs=1e-5)
         assert r["predicted"] == ("pos" if float(r["prob_pos"]) > 0.5 else "neg")
@@ -184,6 +190,197 @@ def test_predict_image_folder_and_file(image_ckpt, tiny_images, workdir) -> None
     assert float(row["prob_red"]) == pytest.approx(float(same["prob_red"]), abs=1e-5)
 
 
+# Over the tiny BERT's 64 positions (as a 600-word review is over BERT's 512): fatal untruncated.
+LONG_TEXT = " ".join(["the film was really good and very fun"] * 30)
+# Over the run's max_length (32), under the positions: untruncated, it is scored differently.
+MEDIUM_TEXT = " ".join(["a dull plot and a boring story"] * 6)
+
+
+def test_predict_keeps_the_input_columns(text_ckpt, workdir) -> None:
+    """The output is the input file's columns, in their order (ids kept verbatim), then predicted
+    and prob_<label>; names the input already uses get a suffix instead of a duplicate header."""
+    data = workdir / "with_ids.csv"
+    texts = ["the film was awful", 'a "lovely", fun story', LONG_TEXT, MEDIUM_TEXT]
+    rows = [
+        {"review_id": f"00{i}", "text": t, "predicted": "old", "prob_pos": "0.1", "source": "web"}
+        for i, t in enumerate(texts)
+    ]
+    with data.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = workdir / "with_ids_predictions.csv"
+    proc = run_cli(
+        "src.predict",
+        f"ckpt_path={text_ckpt}",
+        f"input={data}",
+        f"out={out}",
+        f"hydra.run.dir={workdir / 'pred_ids_run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "predicted_1, prob_neg_1, prob_pos_1" in proc.stderr
+    got = read_csv(out)
+    assert list(got[0]) == [*rows[0], "predicted_1", "prob_neg_1", "prob_pos_1"]
+    assert [{k: r[k] for k in rows[0]} for r in got] == rows
+    expected = checkpoint_probs(text_ckpt, texts)  # long texts truncated as in training
+    for r, ref in zip(got, expected, strict=True):
+        assert float(r["prob_pos_1"]) == pytest.approx(float(ref[1]), abs=1e-5)
+        assert r["predicted_1"] == ("pos" if float(r["prob_pos_1"]) > 0.5 else "neg")
+
+
+def test_predict_keeps_jsonl_fields(text_ckpt, workdir) -> None:
+    from src.predict import predict
+
+    data = workdir / "new.jsonl"
+    records = [
+        {"id": 7, "text": "a lovely film", "meta": {"lang": "en"}},
+        {"id": 8, "text": "a dull plot", "meta": None},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = predict(
+        compose_entry(
+            "predict", f"ckpt_path={text_ckpt}", f"input={data}", f"out={workdir / 'jsonl.csv'}"
+        )
+    )
+    got = read_csv(out)
+    assert list(got[0]) == ["id", "text", "meta", "predicted", "prob_neg", "prob_pos"]
+    assert [(r["id"], r["text"], r["meta"]) for r in got] == [
+        ("7", "a lovely film", '{"lang": "en"}'),
+        ("8", "a dull plot", ""),
+    ]
+
+
+def test_predict_refuses_to_overwrite_its_input(text_ckpt, workdir) -> None:
+    data = workdir / "labelled" / "predictions.csv"
+    data.parent.mkdir()
+    data.write_text("text,label\nthe film was awful,0\na lovely story,1\n")
+    before = data.read_bytes()
+    # out= the file itself, or its folder (where the CSV would be predictions.csv): both refused.
+    for out in (data, data.parent):
+        proc = run_cli(
+            "src.predict",
+            f"ckpt_path={text_ckpt}",
+            f"input={data}",
+            f"out={out}",
+            f"hydra.run.dir={workdir / 'pred_same_run'}",
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert f"out={str(data)!r} is the input file" in line
+        assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize("value", ["reviews.cvs", "data/new_reviews", "new_reviews.csv"])
+def test_predict_missing_path_like_input_is_an_error(value, text_ckpt, workdir) -> None:
+    """A mistyped path is not scored as a one-sentence text (text= says a string is text)."""
+    out = workdir / "pathlike" / "p.csv"
+    proc = run_cli(
+        "src.predict",
+        f"ckpt_path={text_ckpt}",
+        f"input={value}",
+        f"out={out}",
+        f"hydra.run.dir={workdir / 'pred_pathlike_run'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: input={value!r}: no such file" in proc.stderr
+    assert "text=" in proc.stderr
+    assert not out.exists()
+
+
+def test_predict_text_key(text_ckpt, workdir) -> None:
+    """text= takes sentences, also ones that look like file names; text= with input= is refused."""
+    out = workdir / "text_key.csv"
+    sentences = ["reviews.cvs", "the plot was dull, and boring", "a lovely film"]
+    proc = run_cli(
+        "src.predict",
+        f"ckpt_path={text_ckpt}",
+        "text=[reviews.cvs,'the plot was dull, and boring',a lovely film]",
+        f"out={out}",
+        f"hydra.run.dir={workdir / 'pred_text_run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(out)
+    assert [r["input"] for r in rows] == sentences
+    for row, ref in zip(rows, checkpoint_probs(text_ckpt, sentences), strict=True):
+        assert float(row["prob_pos"]) == pytest.approx(float(ref[1]), abs=1e-5)
+
+    proc = run_cli(
+        "src.predict",
+        f"ckpt_path={text_ckpt}",
+        "text=a lovely film",
+        f"input={out}",
+        f"hydra.run.dir={workdir / 'pred_text_run'}",
+    )
+    assert proc.returncode == 2 and "not both" in proc.stderr, proc.stderr[-3000:]
+
+
+# Runs `python -m src.predict ARGS` in this interpreter, then reports which heavy modules it
+# imported: the input checks must fail before torch (and the checkpoint) are touched.
+IMPORT_PROBE = """
+import runpy, sys
+sys.argv = ["src.predict", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("src.predict", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+heavy = [m for m in ("torch", "lightning", "transformers") if m in sys.modules]
+print(f"probe: exit={code} heavy={heavy}", file=sys.stderr)
+"""
+
+CHECKED_FIRST = {
+    "missing_file": (["input={root}/gone/new.csv"], "no such file"),
+    "path_like": (["input=reviews.cvs"], "input='reviews.cvs': no such file or folder"),
+    "missing_column": (["input={csv}", "text_column=review"], "column 'review' not in"),
+    "out_is_input": (["input={csv}", "out={csv}"], "is the input file"),
+    "text_and_input": (["text=great", "input={csv}"], "not both"),
+    "nothing": ([], "nothing to predict"),
+    "unwritable_out": (["text=great", "out={csv}/p.csv"], "is a file, not a folder"),
+    "bad_suffix": (["input={root}/notes.txt"], "suffix '.txt'"),
+}
+
+
+@pytest.mark.parametrize("name", list(CHECKED_FIRST))
+def test_predict_checks_its_input_before_the_checkpoint_and_torch(name, tmp_path) -> None:
+    (tmp_path / "in.csv").write_text("text,label\ngood,1\n")
+    (tmp_path / "notes.txt").write_text("good\n")
+    corrupt = tmp_path / "corrupt.ckpt"  # read first, it would be the error
+    corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
+    args, needle = CHECKED_FIRST[name]
+    fill = {"root": tmp_path, "csv": tmp_path / "in.csv"}
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, f"ckpt_path={corrupt}"]
+        + [a.format(**fill) for a in args]
+        + [f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = proc.stderr
+    assert needle in err and "checkpoint" not in err, err[-2000:]
+    assert "probe: exit=2 heavy=[]" in err, err[-2000:]
+    assert (tmp_path / "in.csv").read_text() == "text,label\ngood,1\n"
+
+
+def test_predict_image_suffixes_match_the_data_reader() -> None:
+    from src.data.image import IMAGE_SUFFIXES
+    from src.predict import IMAGE_SUFFIXES as PREDICT_SUFFIXES
+
+    assert PREDICT_SUFFIXES == IMAGE_SUFFIXES
+
+
+def assert_default_modes(folder: Path) -> None:
+    """Files 0666 and folders 0777 less the umask, as open() and mkdir make them (not 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == want, f"{path}: {oct(path.stat().st_mode & 0o777)}"
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -194,7 +391,9 @@ def export_in_process(ckpt: Path, fmt: str, out: Path) -> dict:
     return export(compose_entry("export", f"ckpt_path={ckpt}", f"format={fmt}", f"out={out}"))
 
 
-def test_export_hf_loads_in_transformers_pipeline(text_ckpt, workdir) -> None:
+def test_export_hf_pipeline_predicts_like_ftlab(text_ckpt, workdir) -> None:
+    """The export's tokenizer carries the run's max_length: transformers' pipeline, asked to
+    truncate, scores long texts as ftlab does (untruncated, the long one does not even run)."""
     out = workdir / "hf"
     proc = run_cli(
         "src.export",
@@ -204,16 +403,28 @@ def test_export_hf_loads_in_transformers_pipeline(text_ckpt, workdir) -> None:
         f"hydra.run.dir={workdir / 'export_run'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from transformers import pipeline
+    from transformers import AutoTokenizer, pipeline
 
-    sentences = ["the film was awful", "a lovely and fun story", "the plot was dull and boring"]
-    classify = pipeline("text-classification", model=str(out), top_k=None, device="cpu")
+    info = json.loads((out / "export.json").read_text())
+    assert info["max_length"] == 32 and info["pipeline_kwargs"] == {"truncation": True}
+    assert AutoTokenizer.from_pretrained(out).model_max_length == 32
+    sentences = [
+        "the film was awful",
+        "a lovely and fun story",
+        "the plot was dull and boring",
+        LONG_TEXT,
+        MEDIUM_TEXT,
+    ]
+    classify = pipeline(
+        "text-classification", model=str(out), top_k=None, device="cpu", truncation=True
+    )
     expected = checkpoint_probs(text_ckpt, sentences)
     for scores, ref in zip(classify(sentences), expected, strict=True):
         by_label = {s["label"]: s["score"] for s in scores}
         assert set(by_label) == {"neg", "pos"}  # id2label from the checkpoint's label names
         assert by_label["neg"] == pytest.approx(float(ref[0]), abs=1e-5)
         assert by_label["pos"] == pytest.approx(float(ref[1]), abs=1e-5)
+    assert_default_modes(out)  # model.safetensors included
 
 
 def test_export_hf_refuses_an_image_model(image_ckpt, workdir) -> None:
@@ -257,8 +468,10 @@ def test_export_gives_checkpoint_logits(fmt, modality, text_ckpt, image_ckpt, wo
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert json.loads((out / "export.json").read_text())["label_names"] == model.label_names
+    assert_default_modes(out)
     if modality == "text":
         assert (out / "tokenizer.json").is_file()
+        assert info["max_length"] == 32
     else:
         assert json.loads((out / "preprocessing.json").read_text())["crop_size"] == 32
 
