@@ -1,5 +1,7 @@
 """`python -m src.ensemble ckpt_paths=[a,b,c]`: average class probabilities of several checkpoints.
 
+Or the K best trials of a sweep: `python -m src.ensemble study.storage=logs/sweeps/NAME top_k=K`.
+
 Each member is rebuilt from its own checkpoint (its own tokenizer or preprocessing), run on the
 task's test (or val) split, and its probabilities aligned by example. The ensemble predicts the
 argmax of the mean probability. metrics.json holds the ensemble's and every member's acc, F1
@@ -39,7 +41,13 @@ class MemberOutput:
 def member_paths(cfg: DictConfig) -> list[Path]:
     """Checkpoint files from ckpt_paths, run_dirs (each run's best checkpoint) and ckpt_glob."""
     paths = [Path(str(p)).expanduser() for p in cfg.get("ckpt_paths") or []]
-    for run_dir in cfg.get("run_dirs") or []:
+    run_dirs = list(cfg.get("run_dirs") or [])
+    study = cfg.get("study") or {}
+    if study.get("storage"):
+        from src.sweep.study import top_trial_run_dirs
+
+        run_dirs += top_trial_run_dirs(str(study.storage), study.get("name"), cfg.get("top_k"))
+    for run_dir in run_dirs:
         metrics_file = Path(str(run_dir)).expanduser() / "metrics.json"
         if not metrics_file.is_file():
             raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (not a finished ftlab run)")
@@ -58,7 +66,8 @@ def member_paths(cfg: DictConfig) -> list[Path]:
         paths += found
     if len(paths) < 1:
         raise ConfigError(
-            "no members: give ckpt_paths=[a.ckpt,b.ckpt], run_dirs=[...] or ckpt_glob=..."
+            "no members: give ckpt_paths=[a.ckpt,b.ckpt], run_dirs=[...], ckpt_glob=... or "
+            "study.storage=<sweep dir or optuna.db> top_k=K"
         )
     for p in paths:
         if not p.is_file():

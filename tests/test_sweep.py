@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ from optuna.trial import TrialState
 from src.sweep.runner import gpu_assignment, last_error_line
 from src.sweep.space import parse_params, split_arguments, to_overrides
 from src.sweep.study import mask_url, retry_of
-from tests.conftest import QUIET, ROOT, tiny_text_overrides
+from tests.conftest import QUIET, ROOT, read_metrics, run_cli, tiny_text_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -481,3 +482,90 @@ def test_cv_sweep_optimizes_the_cross_validation_mean(
         assert t.value == pytest.approx(sum(fold_values) / 2)
         assert sorted(t.intermediate_values) == [0, 1]
         assert t.intermediate_values[1] == pytest.approx(t.value)
+
+
+# -- the best model, handed back ------------------------------------------------------------------
+
+
+def test_best_trial_handed_back_reproduced_and_ensembled(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """optimization_results.yaml names the best trial's run dir, checkpoint and metrics; the
+    sweep dir's best.yaml reruns it through `python -m src.train --config-dir ... --config-name
+    best` with the same metrics (fp32, CPU); `python -m src.ensemble` takes the study's top_k."""
+    grid = {"optimizer.lr": [0.003, 1e-4]}
+    sampler = {"_target_": "optuna.samplers.GridSampler", "search_space": grid, "seed": 0}
+    search_config(
+        tmp_path,
+        "best",
+        n_trials=2,
+        sampler=sampler,
+        params={"optimizer.lr": "choice(0.003, 1e-4)"},
+    )
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("best", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=2"
+    run_sweep([*cmd, "scheduler.warmup=0.0", "trainer.deterministic=true"])
+    study = load(sweep_dir, "best")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    best = results["best_trial"]
+    run_dir = Path(best["run_dir"])
+    trial_metrics = read_metrics(run_dir)
+    assert best["number"] == study.best_trial.number and best["value"] == study.best_value
+    assert (
+        best["checkpoint"] == trial_metrics["best_ckpt_path"] and Path(best["checkpoint"]).is_file()
+    )
+    assert best["metrics"]["val/loss"] == trial_metrics["val/loss"]
+    assert best["metrics"]["test/acc"] == trial_metrics["test/acc"]
+    assert best["overrides"][-1] == f"optimizer.lr={study.best_params['optimizer.lr']!r}"
+    assert "trainer.deterministic=true" in best["overrides"]
+    assert shlex.split(best["command"])[3:] == [*best["overrides"], "hydra.mode=RUN"]
+    overlay = sweep_dir / "best.yaml"
+    assert best["overlay"] == str(overlay)
+    assert shlex.split(best["overlay_command"])[3:] == [
+        "--config-dir",
+        str(sweep_dir),
+        "--config-name",
+        "best",
+    ]
+
+    # The overlay, through the CLI as a user types it, reproduces the trial in a new run dir.
+    rerun = tmp_path / "rerun"
+    proc = run_cli(
+        "src.train",
+        "--config-dir",
+        str(sweep_dir),
+        "--config-name",
+        "best",
+        f"hydra.run.dir={rerun}",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    again = read_metrics(rerun)
+    for key in (
+        "val/loss",
+        "val/acc",
+        "test/loss",
+        "test/acc",
+        "monitor_value",
+        "best_epoch",
+        "global_step",
+    ):
+        assert again[key] == trial_metrics[key], (key, again[key], trial_metrics[key])
+    assert again["precision"] == "32-true"
+    job = yaml.safe_load((rerun / ".hydra" / "config.yaml").read_text())
+    trial_job = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert job == trial_job  # the same composed config, key for key
+
+    # Both trials' best checkpoints, best first, as an ensemble.
+    out = tmp_path / "ensemble"
+    proc = run_cli("src.ensemble", f"study.storage={sweep_dir}", "top_k=2", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ens = read_metrics(out)
+    ranked = sorted(study.get_trials(), key=lambda t: -t.value)
+    assert ens["n_members"] == 2
+    assert [ens[f"member{i}/ckpt_path"] for i in range(2)] == [
+        str(Path(read_metrics(Path(t.user_attrs["run_dir"]))["best_ckpt_path"]).resolve())
+        for t in ranked
+    ]

@@ -140,7 +140,8 @@ class FtlabOptunaSweeper(Sweeper):
             devices_per_worker=s.get("devices_per_worker"),
             report_interval_s=float(s.get("report_interval_s", 60.0)),
         )
-        sweep = Sweep(settings, space, [*plain, *hydra_overrides], sweep_dir)
+        groups = [str(g) for g in choices]
+        sweep = Sweep(settings, space, [*plain, *hydra_overrides], sweep_dir, config_groups=groups)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
         study = sweep.run()
         done = [

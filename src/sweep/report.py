@@ -1,4 +1,4 @@
-"""A study's report: optimization_results.yaml, trials.csv and Optuna's plots (matplotlib PNG).
+"""A study's report: optimization_results.yaml, trials.csv, best.yaml and Optuna's plots (PNG).
 
 Written by the sweeper after every trial (plots throttled) and at the end; rebuilt for any study
 with `python -m src.sweep_report STORAGE STUDY [OUT_DIR]`. Every file is written to a temporary
@@ -19,8 +19,9 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from src.sweep.best import OVERLAY_NAME, overlay_command, train_command, write_overlay
 from src.sweep.study import retry_of
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,7 @@ def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     best: dict[str, Any] | None = None
     if completed:
-        b = study.best_trial
-        best = {
-            "number": b.number,
-            "value": b.value,
-            "params": dict(b.params),
-            "run_dir": b.user_attrs.get("run_dir"),
-        }
+        best = best_trial_info(study.best_trial)
     durations = [t.duration.total_seconds() for t in trials if t.duration is not None]
     return {
         "study_name": study.study_name,
@@ -91,6 +86,57 @@ def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None
     }
 
 
+def best_trial_info(trial: FrozenTrial) -> dict[str, Any]:
+    """The best trial: its run dir, best checkpoint and metrics (from its metrics.json, when the
+    run dir is on this machine), the overrides it ran with and the command that reruns it."""
+    run_dir = trial.user_attrs.get("run_dir")
+    metrics = _read_metrics(Path(run_dir) / "metrics.json") if run_dir else None
+    info: dict[str, Any] = {
+        "number": trial.number,
+        "value": trial.value,
+        "params": dict(trial.params),
+        "run_dir": run_dir,
+        "checkpoint": None,
+        "metrics": None,
+    }
+    if trial.user_attrs.get("seeded_from"):
+        info["seeded_from"] = trial.user_attrs["seeded_from"]
+    if metrics is not None:
+        folds = metrics.get("folds")
+        # A cross-validation trial (cv.folds=K) has one best checkpoint per fold.
+        info["checkpoint"] = (
+            [f.get("best_ckpt_path") for f in folds]
+            if isinstance(folds, list)
+            else metrics.get("best_ckpt_path")
+        )
+        info["metrics"] = {
+            k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None
+        }
+    overrides = trial.user_attrs.get("overrides")
+    if overrides is not None:
+        info["overrides"] = list(overrides)
+        info["command"] = train_command(overrides)
+    return info
+
+
+def write_best_overlay(study: optuna.Study, info: dict[str, Any], out_dir: Path) -> bool:
+    """`<out_dir>/best.yaml` from the best trial's overrides; False when there is none to write."""
+    best = info.get("best_trial")
+    path = out_dir / OVERLAY_NAME
+    if not best or best.get("overrides") is None:
+        path.unlink(missing_ok=True)
+        return False
+    header = [
+        f"Best trial of study {study.study_name!r}: trial {best['number']}, "
+        f"{info.get('monitor') or 'value'} = {best['value']} ({best.get('run_dir')})",
+        "Its overrides as a config over conf/train.yaml. Reproduce it (a new run dir) with:",
+        f"  {overlay_command(out_dir)}",
+        "Add overrides as usual, e.g. data.limit_train=null to train on all the data.",
+    ]
+    groups = study.user_attrs.get("config_groups") or []
+    return write_overlay(path, best["overrides"], groups, header)
+
+
 def write_report(
     study: optuna.Study,
     out_dir: Path,
@@ -101,6 +147,9 @@ def write_report(
     """Write the report into `out_dir`; returns the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     info = summary(study, storage_label, n_trials)
+    if write_best_overlay(study, info, out_dir):
+        info["best_trial"]["overlay"] = str(out_dir / OVERLAY_NAME)
+        info["best_trial"]["overlay_command"] = overlay_command(out_dir)
     _write_atomic(
         out_dir / "optimization_results.yaml", yaml.safe_dump(_plain(info), sort_keys=False)
     )
@@ -149,6 +198,16 @@ def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
         finally:
             plt.close("all")
     return written
+
+
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -141,6 +141,7 @@ class Sweep:
         space: SearchSpace,
         base_overrides: Sequence[str],
         sweep_dir: Path,
+        config_groups: Sequence[str] = (),
     ) -> None:
         settings.check()
         if not space:
@@ -150,6 +151,8 @@ class Sweep:
         self.s = settings
         self.space = dict(space)
         self.base_overrides = list(base_overrides)
+        # Config group names (task, model, ...): best.yaml writes their overrides as defaults.
+        self.config_groups = sorted(config_groups)
         self.sweep_dir = sweep_dir
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.lock = BudgetLock(settings.storage, settings.study_name)
@@ -188,6 +191,8 @@ class Sweep:
             study.set_user_attr("ftlab_sweep_commands", k + 1)
             study.set_user_attr("monitor", self.s.monitor)
             study.set_user_attr("n_trials", self.s.n_trials)
+            groups = set(study.user_attrs.get("config_groups") or []) | set(self.config_groups)
+            study.set_user_attr("config_groups", sorted(groups))
         study.sampler = self._sampler(k)
         study.pruner = trial_env.build_pruner(dict(self.s.pruner) if self.s.pruner else None)
         return study
@@ -318,12 +323,14 @@ class Sweep:
         trial.set_user_attr("sweep_pid", os.getpid())
         if trial.user_attrs.get("error"):
             trial.set_user_attr("error", None)  # copied from the trial this one retries
+        overrides = [*self.base_overrides, *to_overrides(trial.params)]
+        # What reproduces this trial outside the sweep (best.yaml, optimization_results.yaml).
+        trial.set_user_attr("overrides", overrides)
         cmd = [
             sys.executable,
             "-m",
             "src.train",
-            *self.base_overrides,
-            *to_overrides(trial.params),
+            *overrides,
             "hydra.mode=RUN",
             f"hydra.run.dir={format_value(str(trial_dir))}",
         ]

@@ -209,3 +209,56 @@ class BudgetLock:
                     unlock, {"k": self._key if self._kind == "postgresql" else str(self._key)}
                 )
                 conn.commit()
+
+
+def top_trial_run_dirs(storage: str, study_name: str | None, top_k: int | None) -> list[str]:
+    """Run dirs of the `top_k` best COMPLETE trials of a study (best first), e.g. to ensemble them.
+
+    `storage`: a sweep dir (its optuna.db), a SQLite file or an RDB URL; `study_name`: null when
+    the storage holds a single study."""
+    if "://" not in storage:
+        path = Path(storage).expanduser()
+        if path.is_dir():
+            path = path / "optuna.db"
+        if not path.is_file():
+            raise ConfigError(f"study.storage={storage!r}: no sweep dir or SQLite file there")
+        storage = str(path)
+    url = storage_url(storage, Path.cwd())
+    rdb = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(rdb)]
+    if study_name is None:
+        if len(names) != 1:
+            raise ConfigError(
+                f"study.name is needed: {mask_url(url)} holds {names or 'no studies'}"
+            )
+        study_name = names[0]
+    elif study_name not in names:
+        raise ConfigError(
+            f"study {study_name!r} is not in {mask_url(url)}: it has {names or 'no studies'}"
+        )
+    if top_k is None or int(top_k) < 1:
+        raise ConfigError(f"top_k={top_k} is invalid: must be an int >= 1")
+    study = optuna.load_study(study_name=study_name, storage=rdb)
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE and t.value is not None
+    ]
+    if not done:
+        raise ConfigError(f"study {study_name!r} has no COMPLETE trial to ensemble")
+    done.sort(key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+    chosen = done[: int(top_k)]
+    if len(chosen) < int(top_k):
+        log.warning(
+            "study %r has only %d COMPLETE trials (top_k=%s)", study_name, len(chosen), top_k
+        )
+    run_dirs = []
+    for t in chosen:
+        run_dir = t.user_attrs.get("run_dir")
+        if not run_dir or not Path(run_dir).is_dir():
+            raise ConfigError(
+                f"trial {t.number} of study {study_name!r}: its run dir {run_dir} is not on this machine"
+            )
+        log.info("trial %d (%s): %s", t.number, t.value, run_dir)
+        run_dirs.append(run_dir)
+    return run_dirs
