@@ -177,12 +177,16 @@ class ConsoleSetup(HydraCallback):
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Calls `callback` right after one of `names` (top-level packages) is first imported."""
+    """Calls `callback` right after one of `names` (top-level packages) is first imported.
+
+    A spec lookup alone (`importlib.util.find_spec`, as availability checks do) loads nothing,
+    so a name stays watched until its module has really been executed."""
 
     _installed: _AfterImport | None = None
 
     def __init__(self, names: list[str], callback: Callable[[], None]) -> None:
         self.names, self.callback = set(names), callback
+        self._looking: set[str] = set()
 
     @classmethod
     def install(cls, names: list[str], callback: Callable[[], None]) -> None:
@@ -193,14 +197,21 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         sys.meta_path.insert(0, cls._installed)
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname not in self.names:
+        if fullname not in self.names or fullname in self._looking:
             return None
-        self.names.discard(fullname)  # once; and find_spec below skips this finder
-        spec = importlib.util.find_spec(fullname)
+        self._looking.add(fullname)  # the lookup below goes through the other finders
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._looking.discard(fullname)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        spec.loader = _ThenCall(spec.loader, self.callback)
+        spec.loader = _ThenCall(spec.loader, lambda: self._imported(fullname))
         return spec
+
+    def _imported(self, fullname: str) -> None:
+        self.names.discard(fullname)
+        self.callback()
 
 
 class _ThenCall(importlib.abc.Loader):

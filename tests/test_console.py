@@ -126,16 +126,22 @@ def test_onnx_export_prints_no_exporter_info_lines(train_run, tmp_path):
     assert len(output.splitlines()) < 20, output
 
 
-def test_datasets_reader_error_is_not_printed_next_to_ftlab_error(tmp_path):
-    """`datasets` logs a reader's error at ERROR, then raises it; ftlab reports the raise as its
+def test_libraries_imported_after_setup_log_once_through_the_root(tmp_path):
+    """Packages imported after `setup_console` (ftlab imports Lightning lazily), also after an
+    availability check that only looks their spec up, still log through the root handlers only.
+    And `datasets` logs a reader's error at ERROR, then raises it; ftlab reports the raise as its
     own one-line error, so the library's line is dropped (the raise still happens)."""
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\ngood film,1\nbad, film, x, y,0\n")
     script = f"""
-import logging, sys
-logging.basicConfig(stream=sys.stdout, level=logging.INFO)
+import importlib.util, logging, sys
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="root: %(message)s")
 from src.console import setup_console
 setup_console()
+assert importlib.util.find_spec("lightning") is not None
+import lightning
+logging.getLogger("lightning.pytorch.utilities.rank_zero").info("lightning line")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: try a product")
 from datasets import load_dataset
 try:
     load_dataset("csv", data_files={{"data": {str(bad)!r}}}, split="data", cache_dir={str(tmp_path / "cache")!r})
@@ -152,6 +158,8 @@ except Exception as e:
     )
     output = result.stdout + result.stderr
     assert "raised" in output, output
+    assert output.count("lightning line") == 1 and "root: lightning line" in output, output
+    assert "Tip" not in output, output
     assert "Failed to read file" not in output, output
 
 
