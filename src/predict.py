@@ -284,8 +284,9 @@ def check_fits_model(source: PredictInput, cfg: DictConfig, run_cfg: DictConfig)
             else "input=IMAGE or input=FOLDER"
         )
         raise ConfigError(
-            f"{source.describe()} is {source.modality} input, but this checkpoint is a "
-            f"{modality} model ({run_cfg.model.name}): give {wanted}"
+            f"{source.describe()} is {source.modality} input, but this checkpoint holds "
+            f"{'an image' if modality == 'image' else 'a text'} model ({run_cfg.model.name}): "
+            f"give {wanted}"
         )
     pair_column = cfg.get("text_pair_column") or run_cfg.data.get("text_pair_column")
     if modality != "text" or not pair_column:
