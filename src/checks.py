@@ -229,6 +229,9 @@ def reject_unknown_keys(cfg: DictConfig, config_name: str, why: str = "") -> Non
                 continue
             name = f"{prefix}{key}"
             if key not in known:
+                while isinstance(value, dict) and len(value) == 1:  # +data.test_file=...
+                    key, value = next(iter(value.items()))
+                    name = f"{name}.{key}"
                 valid = ", ".join(f"{prefix}{k}" for k in known if k not in groups)
                 raise ConfigError(f"{name} is not a setting of this command{why}; valid: {valid}")
             if isinstance(value, dict) and isinstance(known[key], dict):

@@ -26,9 +26,11 @@ class Case:
 
 
 def text(*extra: str) -> tuple[str, ...]:
-    """A tiny text run that would work, plus the bad override(s)."""
+    """A tiny text run that would work, plus the bad override(s), in a run dir of its own."""
     run_dir = (
-        () if any(e.startswith("hydra.run.dir=") for e in extra) else ("hydra.run.dir={precious}",)
+        ()
+        if any(e.startswith("hydra.run.dir=") for e in extra)
+        else ("hydra.run.dir={runs}/{case}",)
     )
     return (
         "task=text_csv",
@@ -59,7 +61,11 @@ def image(*extra: str) -> tuple[str, ...]:
         "trainer.max_epochs=1",
         "trainer.precision=32-true",
         "callbacks.progress_bar=null",
-        "hydra.run.dir={precious}",
+        *(
+            ()
+            if any(e.startswith("hydra.run.dir=") for e in extra)
+            else ("hydra.run.dir={runs}/{case}",)
+        ),
         *extra,
     )
 
@@ -81,7 +87,7 @@ CASES: dict[str, Case] = {
             "task=text_csv",
             "data.train_file={train_csv}",
             "model=mobilenet_v2",
-            "hydra.run.dir={precious}",
+            "hydra.run.dir={runs}/{case}",
         ),
         "pick a text model",
     ),
@@ -95,13 +101,20 @@ CASES: dict[str, Case] = {
     # --- data
     "missing_data_dir": Case(
         "src.train",
-        ("task=sentiment", "paths.data_dir={missing}", "data.hub=null", "hydra.run.dir={precious}"),
+        (
+            "task=sentiment",
+            "paths.data_dir={missing}",
+            "data.hub=null",
+            "hydra.run.dir={runs}/{case}",
+        ),
         "{missing}/sst2/train.tsv",
     ),
     "empty_dataset": Case(
         "src.train", text("data.train_file={empty_csv}"), "{empty_csv} has no examples"
     ),
-    "missing_column": Case("src.train", text("data.text_column=review"), "column 'review' not in"),
+    "missing_column": Case(
+        "src.train", text("data.text_column=review"), "column 'review' (data.text_column) not in"
+    ),
     "label_outside_classes": Case(
         "src.train", text("data.train_file={label7_csv}", "data.label_names=[neg,pos]"), "label 7"
     ),
@@ -168,7 +181,84 @@ CASES: dict[str, Case] = {
     ),
     "ensemble_without_members": Case("src.ensemble", ("hydra.run.dir={precious}",), "no members"),
     "unwritable_run_dir": Case("src.train", text("hydra.run.dir={blocker}/run"), "not writable"),
+    # --- your own data (issue: no silent wrong results, nothing destroyed, one line and early)
+    "label_only_in_test": Case(
+        "src.train",
+        text("data.test_file={neutral_test_csv}"),
+        "label 'neutral' at row 3 of {neutral_test_csv} (column 'label') is not one of the 2 classes",
+    ),
+    "label_case_differs_in_test": Case(
+        "src.train",
+        text("data.train_file={words_csv}", "data.test_file={case_test_csv}"),
+        "labels are case-sensitive: 'positive' is a class",
+    ),
+    "eval_ignored_test_file": Case(
+        "src.eval",
+        ("ckpt_path={good_ckpt}", "+data.test_file={train_csv}", "hydra.run.dir={runs}/{case}"),
+        "data.test_file is not a setting of this command",
+    ),
+    "reused_run_dir": Case("src.train", text("hydra.run.dir={precious}"), "already holds a run"),
+    "reused_run_dir_image": Case(
+        "src.train", image("hydra.run.dir={precious}"), "already holds a run"
+    ),
+    "seed_not_an_int": Case("src.train", text("seed=abc"), "seed='abc' is invalid"),
+    "max_epochs_minus_one": Case(
+        "src.train", text("trainer.max_epochs=-1"), "trainer.max_epochs=-1 (no epoch limit)"
+    ),
+    "max_length_above_the_model": Case(
+        "src.train", text("data.max_length=1000"), "data.max_length=1000 is above what model"
+    ),
+    "missing_train_file": Case(
+        "src.train",
+        ("task=text_csv", "model.pretrained={tiny_bert}", "hydra.run.dir={runs}/{case}"),
+        "data.train_file is not set",
+    ),
+    "one_class_in_train": Case(
+        "src.train", text("data.train_file={one_class_csv}"), "has one class only"
+    ),
+    "missing_label": Case(
+        "src.train",
+        text("data.train_file={nan_label_csv}"),
+        "missing label ('') in column 'label' at row 4",
+    ),
+    "misspelled_label_column": Case(
+        "src.train", text("data.label_column=lable"), "column 'lable' (data.label_column) not in"
+    ),
+    "gpu_on_a_cpu_machine": Case(
+        "src.train", text("trainer.accelerator=gpu"), "torch sees no CUDA GPU"
+    ),
+    "semicolon_file_named_csv": Case(
+        "src.train", text("data.train_file={semicolon_csv}"), "set data.delimiter=semicolon"
+    ),
+    "tsv_named_csv": Case("src.train", text("data.train_file={tabs_csv}"), "data.delimiter=tab"),
+    "directory_as_data_file": Case(
+        "src.train", text("data.train_file={user_data}"), "is a directory"
+    ),
+    "unknown_data_key": Case(
+        "src.train", text("+data.max_len=64"), "data.max_len is not a setting of this task's data"
+    ),
+    "impossible_test_fraction": Case(
+        "src.train", text("data.test_fraction=2"), "data.test_fraction=2 is invalid"
+    ),
+    "unknown_delimiter": Case(
+        "src.train", text("data.delimiter=colons"), "data.delimiter='colons'"
+    ),
 }
+
+# Cases whose mistake the config or the files' headers alone show: each must be reported before
+# Lightning, transformers or datasets are imported, so before any model is loaded.
+EARLY = {
+    "unknown_group_option", "misspelled_key", "wrong_type", "negative_lr", "zero_batch_size",
+    "impossible_val_fraction", "unknown_monitor", "text_task_image_model", "missing_data_dir",
+    "empty_dataset", "missing_column", "label_outside_classes", "non_utf8_text",
+    "unsupported_file_type", "unwritable_run_dir", "label_only_in_test",
+    "label_case_differs_in_test", "reused_run_dir", "reused_run_dir_image", "seed_not_an_int",
+    "max_epochs_minus_one", "max_length_above_the_model", "missing_train_file",
+    "one_class_in_train", "missing_label", "misspelled_label_column", "gpu_on_a_cpu_machine",
+    "semicolon_file_named_csv", "tsv_named_csv", "directory_as_data_file", "unknown_data_key",
+    "impossible_test_fraction", "unknown_delimiter",
+}  # fmt: skip
+HEAVY_MODULES = ("lightning", "transformers", "datasets")
 
 
 def fake_checkpoint(tiny_bert_dir: Path, weights_from: Path, path: Path) -> Path:
@@ -215,6 +305,7 @@ def things(tiny_bert, tiny_text_data, tiny_images, tmp_path_factory) -> dict[str
         "images": tiny_images,
     }
     t["cache"] = root / "cache"
+    t["runs"] = root / "runs"  # each case's own run dir: runs/<case>
     t["missing"] = root / "does_not_exist"
     t["fresh"] = root / "fresh_run"
     t["empty_dir"] = root / "empty_model_dir"
@@ -233,6 +324,27 @@ def things(tiny_bert, tiny_text_data, tiny_images, tmp_path_factory) -> dict[str
     )
     t["xlsx"] = root / "train.xlsx"
     t["xlsx"].write_bytes(b"PK\x03\x04 not really a spreadsheet")
+    # A user's own files with the mistakes of the catalogue's "your own data" cases.
+    user = root / "user_data"
+    user.mkdir()
+    t["user_data"] = user
+    rows = [f"good film {i},{i % 2}\n" for i in range(20)]
+    good = "".join(rows)
+
+    def write(name: str, content: str) -> None:
+        t[name] = user / f"{name.rsplit('_', 1)[0]}.{name.rsplit('_', 1)[1]}"
+        t[name].write_text(content)
+
+    write("neutral_test_csv", "text,label\ngood film,1\nbad film,0\nmeh film,neutral\n")
+    words = "".join(f"film {i},{'positive' if i % 2 else 'negative'}\n" for i in range(20))
+    write("words_csv", "text,label\n" + words)
+    write("case_test_csv", "text,label\nfine film,positive\nbad film,Positive\n")
+    write("one_class_csv", "text,label\n" + "".join(f"film {i},1\n" for i in range(10)))
+    write("nan_label_csv", "text,label\n" + "".join(rows[:3]) + "odd film,\n" + "".join(rows[3:]))
+    # A semicolon file named .csv, whose texts hold commas: pandas fails to parse it.
+    semi = "".join(f"film {i}{', really' * (i % 3)};{i % 2}\n" for i in range(20))
+    write("semicolon_csv", "text;label\n" + semi)
+    write("tabs_csv", "text\tlabel\n" + good.replace(",", "\t"))
     t["corrupt_ckpt"] = root / "corrupt.ckpt"
     t["corrupt_ckpt"].write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)
 
@@ -294,6 +406,7 @@ def run_catalogue(cases_file: str, results_file: str) -> None:
     import runpy
     import sys
     import tempfile
+    import time
     import traceback
 
     from hydra.core.global_hydra import GlobalHydra
@@ -303,6 +416,7 @@ def run_catalogue(cases_file: str, results_file: str) -> None:
     results = {}
     for name, case in spec["cases"].items():
         before = fingerprint(guarded)
+        started = time.perf_counter()
         GlobalHydra.instance().clear()
         sys.argv = [case["module"], *case["args"]]
         with tempfile.TemporaryFile() as capture:
@@ -326,6 +440,8 @@ def run_catalogue(cases_file: str, results_file: str) -> None:
             err = capture.read().decode("utf-8", errors="replace")
         after = fingerprint(guarded)  # new files are fine; changed or deleted ones are not
         results[name] = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "heavy_imports": [m for m in HEAVY_MODULES if m in sys.modules],
             "returncode": code,
             "stderr": err,
             "unchanged": all(after.get(f) == h for f, h in before.items()),
@@ -333,14 +449,23 @@ def run_catalogue(cases_file: str, results_file: str) -> None:
     Path(results_file).write_text(json.dumps(results))
 
 
-def case_args(case: Case, things: dict[str, Path]) -> list[str]:
+def case_args(name: str, case: Case, things: dict[str, Path]) -> list[str]:
     fill = {k: str(v) for k, v in things.items()}
-    return [a.format(**fill) for a in case.args]
+    return [a.format(case=name, **fill) for a in case.args]
 
 
 def guarded_paths(things: dict[str, Path]) -> list[Path]:
     return [
-        things[k] for k in ("precious", "tiny_bert", "images", "bad_images", "good_ckpt", "blocker")
+        things[k]
+        for k in (
+            "precious",
+            "tiny_bert",
+            "images",
+            "bad_images",
+            "good_ckpt",
+            "blocker",
+            "user_data",
+        )
     ] + [things["train_csv"].parent]
 
 
@@ -351,7 +476,11 @@ def results(things: dict[str, Path], tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("catalogue")
     spec = {
         "guarded": [str(p) for p in guarded_paths(things)],
-        "cases": {n: {"module": c.module, "args": case_args(c, things)} for n, c in CASES.items()},
+        # The early cases first: once a case has imported Lightning, it stays imported.
+        "cases": {
+            n: {"module": c.module, "args": case_args(n, c, things)}
+            for n, c in sorted(CASES.items(), key=lambda item: item[0] not in EARLY)
+        },
     }
     (root / "cases.json").write_text(json.dumps(spec))
     proc = run_cli(
@@ -375,6 +504,13 @@ def test_bad_input_fails_cleanly(
     assert len(line) < 500, line  # a short message, not a dump
     assert result["unchanged"], "a failed run changed files that existed before"
     assert not things["missing"].exists()
+    if name in EARLY:  # reported before the heavy imports, so in about a second or two
+        assert not result["heavy_imports"], (result["heavy_imports"], result["seconds"])
+
+
+def test_the_catalogue_covers_the_promised_cases() -> None:
+    assert len(CASES) >= 50
+    assert set(CASES) >= EARLY
 
 
 @pytest.mark.parametrize("name", ["unknown_trainer_option"])
@@ -382,7 +518,7 @@ def test_a_separate_process_fails_the_same_way(
     name: str, results: dict[str, dict], things: dict[str, Path]
 ) -> None:
     """The catalogue runs in one process; a fresh `python -m` process gives the same outcome."""
-    proc = run_cli(CASES[name].module, *case_args(CASES[name], things), timeout=300)
+    proc = run_cli(CASES[name].module, *case_args(name, CASES[name], things), timeout=300)
     assert proc.returncode == results[name]["returncode"] == 2
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -162,10 +162,10 @@ def preflight_text_data(data: Any) -> None:
         file = check_data_file(path, f"data.{split}_file")
         header = list(read_columns(file, delimiter, []).columns)
         check_columns(file, header, wanted, delimiter)
-        labels = read_columns(file, delimiter, [label_col])[label_col].tolist()
+        # the text columns too: pandas decodes (and so checks the UTF-8 of) only what it reads
+        labels = read_columns(file, delimiter, list(wanted.values()))[label_col].tolist()
         if not labels:
             raise DataError(f"{file} has no examples (empty, or a header line only)")
         if encoder is None:
             encoder = encoder_from_train(labels, data.get("label_names"), str(file), label_col)
-        else:
-            encoder.encode(split, labels, str(file), label_col)
+        encoder.encode(split, labels, str(file), label_col)
