@@ -228,6 +228,8 @@ def read_input(cfg: DictConfig) -> PredictInput:
         raise DataError(f"cannot read input={str(value)!r}: suffix {path.suffix!r}; valid: {valid}")
     if path.is_dir():
         return PredictInput("images", "input", path=path, files=image_files(path))
+    if path.suffix.lower() in (*TEXT_SUFFIXES, *IMAGE_SUFFIXES):
+        raise DataError(f"input={str(value)!r}: no such file")
     if looks_like_path(str(value)):
         raise DataError(
             f"input={str(value)!r}: no such file or folder (to classify this string as a "
