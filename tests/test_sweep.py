@@ -569,3 +569,112 @@ def test_best_trial_handed_back_reproduced_and_ensembled(
         str(Path(read_metrics(Path(t.user_attrs["run_dir"]))["best_ckpt_path"]).resolve())
         for t in ranked
     ]
+
+
+# -- warm start ------------------------------------------------------------------------------------
+
+
+def test_warm_start_pieces(tmp_path: Path) -> None:
+    """enqueue: typed to the space, out-of-space keys and values refused, added once per study;
+    seed_from: only trials whose params fit the new space are copied, once per source."""
+    from src.errors import ConfigError
+    from src.sweep.warm import enqueue, enqueue_params, seed_from
+
+    space = parse_params(
+        {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "data.batch_size": "choice(8, 16)"}
+    )
+    assert enqueue_params(space, [{"optimizer.lr": "3e-3"}, {"data.batch_size": 16}]) == [
+        {"optimizer.lr": 0.003},
+        {"data.batch_size": 16},
+    ]
+    for bad in (
+        [{"optimizer.weight_decay": 0.1}],
+        [{"optimizer.lr": 0.5}],
+        [{"data.batch_size": 12}],
+        {"a": 1},
+    ):
+        with pytest.raises(ConfigError):
+            enqueue_params(space, bad)
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    old = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    for lr, bs, value in ((3e-3, 8, 0.9), (5e-2, 8, 0.6), (1e-3, 16, 0.8)):  # 5e-2: outside
+        old.add_trial(
+            optuna.trial.create_trial(
+                params={"optimizer.lr": lr, "data.batch_size": bs, "seed": 1},
+                distributions={
+                    "optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                    "data.batch_size": optuna.distributions.CategoricalDistribution([8, 16]),
+                    "seed": optuna.distributions.IntDistribution(0, 3),
+                },
+                value=value,
+                user_attrs={"run_dir": f"/runs/{lr}"},
+            )
+        )
+    new = optuna.create_study(study_name="new", storage=url, direction="maximize")
+    spec = {"storage": str(tmp_path / "a.db"), "study_name": "old"}
+    assert seed_from(new, space, spec, url) == 2
+    assert seed_from(new, space, spec, url) == 0  # a resumed sweep copies nothing twice
+    copied = new.get_trials()
+    assert [(t.params, t.value) for t in copied] == [
+        ({"optimizer.lr": 3e-3, "data.batch_size": 8}, 0.9),
+        ({"optimizer.lr": 1e-3, "data.batch_size": 16}, 0.8),
+    ]
+    assert [t.user_attrs["seeded_from"] for t in copied] == ["old#0", "old#2"]
+    assert copied[0].user_attrs["run_dir"] == "/runs/0.003"
+    with pytest.raises(ConfigError):
+        seed_from(new, space, {"storage": str(tmp_path / "a.db"), "study_name": "new"}, url)
+    assert enqueue(new, space, [{"optimizer.lr": 2e-3}]) == 1
+    assert enqueue(new, space, [{"optimizer.lr": 2e-3}]) == 0
+
+
+def test_sweep_enqueued_and_seeded_trials_come_before_sampling(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """hydra.sweeper.enqueue: the known-good configuration is the study's first trial, and a
+    re-run enqueues it no more; hydra.sweeper.seed_from: a new study (another search space) starts
+    with the earlier study's finished trials, and runs its own n_trials after them."""
+    params = {"optimizer.lr": "choice(0.003, 1e-4)", "optimizer.weight_decay": "choice(0.0, 0.01)"}
+    sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
+    search_config(tmp_path, "early", n_trials=2, sampler=sampler, params=params)
+    early_dir = tmp_path / "early"
+    cmd = sweep_cmd("early", tmp_path, early_dir, tiny_bert, tiny_text_data)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=1"
+    cmd.append("hydra.sweeper.enqueue=[{optimizer.lr:1e-4,optimizer.weight_decay:0.01}]")
+    run_sweep(cmd)
+    run_sweep(cmd)  # resume of a finished study: nothing enqueued again, nothing run
+    early = load(early_dir, "early").get_trials()
+    assert [t.state for t in early] == [TrialState.COMPLETE] * 2, [
+        (t.number, t.state) for t in early
+    ]
+    assert early[0].params == {"optimizer.lr": 1e-4, "optimizer.weight_decay": 0.01}
+    assert early[0].user_attrs["enqueued"] and not early[1].user_attrs.get("enqueued")
+
+    # The new study searches lr on a log interval and no longer weight_decay.
+    tpe = {"_target_": "optuna.samplers.TPESampler", "seed": 1, "n_startup_trials": 2}
+    search_config(
+        tmp_path,
+        "later",
+        n_trials=1,
+        sampler=tpe,
+        params={"optimizer.lr": "tag(log, interval(1e-5, 1e-2))"},
+    )
+    later_dir = tmp_path / "later"
+    cmd = sweep_cmd("later", tmp_path, later_dir, tiny_bert, tiny_text_data)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=1"
+    cmd.append(f"hydra.sweeper.seed_from={{storage:'{early_dir}',study_name:early}}")
+    run_sweep(cmd)
+    run_sweep(cmd)  # nothing copied twice
+    later = load(later_dir, "later").get_trials()
+    assert len(later) == 3, [(t.number, t.state, t.user_attrs) for t in later]
+    for old, new in zip(early, later[:2], strict=True):  # copied first, before any sampling
+        assert new.user_attrs["seeded_from"] == f"early#{old.number}"
+        assert (new.state, new.value, new.params) == (
+            old.state,
+            old.value,
+            {"optimizer.lr": old.params["optimizer.lr"]},
+        )
+    assert later[2].state == TrialState.COMPLETE and "seeded_from" not in later[2].user_attrs
+    results = yaml.safe_load((later_dir / "optimization_results.yaml").read_text())
+    assert results["seeded_trials"] == 2 and results["trial_epochs_total"] == 1
+    rows = read_trials_csv(later_dir)
+    assert [r["seeded_from"] for r in rows] == ["early#0", "early#1", ""]

@@ -58,6 +58,13 @@ class FtlabOptunaSweeperConf:
     devices_per_worker: Any = None
     # The plots are redrawn at most this often during a sweep (tables after every trial).
     report_interval_s: float = 60.0
+    # Known-good configurations tried first: [{optimizer.lr: 3e-5, data.batch_size: 32}, ...]
+    # (keys left out are sampled). Each is enqueued once per study, so a resumed sweep adds none.
+    enqueue: Any = None
+    # {storage: <sweep dir | optuna.db | RDB URL>, study_name: NAME}: copy that study's finished
+    # trials whose params fit this search space into this study (once), so the sampler starts from
+    # them. They do not count towards n_trials.
+    seed_from: Any = None
 
 
 ConfigStore.instance().store(
@@ -139,6 +146,8 @@ class FtlabOptunaSweeper(Sweeper):
             max_retry=int(s.get("max_retry", 3)),
             devices_per_worker=s.get("devices_per_worker"),
             report_interval_s=float(s.get("report_interval_s", 60.0)),
+            enqueue=_container(s.get("enqueue")),
+            seed_from=_container(s.get("seed_from")),
         )
         groups = [str(g) for g in choices]
         sweep = Sweep(settings, space, [*plain, *hydra_overrides], sweep_dir, config_groups=groups)

@@ -54,6 +54,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "last_step": t.last_step,
                 "retry_of": (retry_of(t) or [None])[0],
                 "retried_as": replaced.get(t.number),
+                "seeded_from": t.user_attrs.get("seeded_from"),
+                "enqueued": bool(t.user_attrs.get("enqueued")),
                 "run_dir": t.user_attrs.get("run_dir"),
                 "error": t.user_attrs.get("error"),
             }
@@ -69,7 +71,9 @@ def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None
     best: dict[str, Any] | None = None
     if completed:
         best = best_trial_info(study.best_trial)
-    durations = [t.duration.total_seconds() for t in trials if t.duration is not None]
+    seeded = [t for t in trials if t.user_attrs.get("seeded_from")]
+    own = [t for t in trials if not t.user_attrs.get("seeded_from")]
+    durations = [t.duration.total_seconds() for t in own if t.duration is not None]
     return {
         "study_name": study.study_name,
         "storage": storage_label,
@@ -80,8 +84,10 @@ def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None
         "best_params": best["params"] if best else None,
         "best_trial": best,
         "counts": counts,
+        # Finished trials copied from an earlier study (hydra.sweeper.seed_from), in counts too.
+        "seeded_trials": len(seeded),
         # Epochs actually trained (one report per validation), what pruning saves.
-        "trial_epochs_total": sum(len(t.intermediate_values) for t in trials),
+        "trial_epochs_total": sum(len(t.intermediate_values) for t in own),
         "trial_time_total_s": round(sum(durations), 1),
     }
 

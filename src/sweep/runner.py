@@ -44,6 +44,7 @@ from src.sweep.study import (
     quiet_experimental,
     retry_of,
 )
+from src.sweep.warm import enqueue, seed_from
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class SweepSettings:
     max_retry: int = 3
     devices_per_worker: int | None = None
     report_interval_s: float = 60.0
+    enqueue: list[dict[str, Any]] | None = None  # configurations to try first
+    seed_from: dict[str, Any] | None = None  # {storage, study_name} of an earlier study
     poll_interval_s: float = 2.0
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -193,6 +196,11 @@ class Sweep:
             study.set_user_attr("n_trials", self.s.n_trials)
             groups = set(study.user_attrs.get("config_groups") or []) | set(self.config_groups)
             study.set_user_attr("config_groups", sorted(groups))
+            # Warm start, before the first trial is asked for; once per study (resume adds nothing).
+            if self.s.seed_from:
+                seed_from(study, self.space, self.s.seed_from, self.s.storage)
+            if self.s.enqueue:
+                enqueue(study, self.space, self.s.enqueue)
         study.sampler = self._sampler(k)
         study.pruner = trial_env.build_pruner(dict(self.s.pruner) if self.s.pruner else None)
         return study

@@ -134,7 +134,8 @@ class Budget:
 
 
 def budget(study: optuna.Study) -> Budget:
-    trials = study.get_trials(deepcopy=False)
+    # Trials copied from an earlier study (hydra.sweeper.seed_from) are knowledge, not work done.
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("seeded_from")]
     replaced = {n for t in trials for n in retry_of(t)}
     finished = sum(
         1
@@ -211,17 +212,18 @@ class BudgetLock:
                 conn.commit()
 
 
-def top_trial_run_dirs(storage: str, study_name: str | None, top_k: int | None) -> list[str]:
-    """Run dirs of the `top_k` best COMPLETE trials of a study (best first), e.g. to ensemble them.
-
-    `storage`: a sweep dir (its optuna.db), a SQLite file or an RDB URL; `study_name`: null when
-    the storage holds a single study."""
+def load_existing_study(
+    storage: str, study_name: str | None, what: str = "study"
+) -> tuple[optuna.Study, str]:
+    """An existing study and its storage URL. `storage`: a sweep dir (its optuna.db), a SQLite
+    file or an RDB URL; `study_name`: null when the storage holds a single study. `what` names
+    the setting in errors (`study`, `hydra.sweeper.seed_from`)."""
     if "://" not in storage:
         path = Path(storage).expanduser()
         if path.is_dir():
             path = path / "optuna.db"
         if not path.is_file():
-            raise ConfigError(f"study.storage={storage!r}: no sweep dir or SQLite file there")
+            raise ConfigError(f"{what}.storage={storage!r}: no sweep dir or SQLite file there")
         storage = str(path)
     url = storage_url(storage, Path.cwd())
     rdb = open_storage(url)
@@ -229,16 +231,22 @@ def top_trial_run_dirs(storage: str, study_name: str | None, top_k: int | None) 
     if study_name is None:
         if len(names) != 1:
             raise ConfigError(
-                f"study.name is needed: {mask_url(url)} holds {names or 'no studies'}"
+                f"{what}: a study name is needed, {mask_url(url)} holds {names or 'no studies'}"
             )
         study_name = names[0]
     elif study_name not in names:
         raise ConfigError(
-            f"study {study_name!r} is not in {mask_url(url)}: it has {names or 'no studies'}"
+            f"{what}: study {study_name!r} is not in {mask_url(url)}: it has {names or 'no studies'}"
         )
+    return optuna.load_study(study_name=study_name, storage=rdb), url
+
+
+def top_trial_run_dirs(storage: str, study_name: str | None, top_k: int | None) -> list[str]:
+    """Run dirs of the `top_k` best COMPLETE trials of a study (best first), e.g. to ensemble them."""
     if top_k is None or int(top_k) < 1:
         raise ConfigError(f"top_k={top_k} is invalid: must be an int >= 1")
-    study = optuna.load_study(study_name=study_name, storage=rdb)
+    study, _ = load_existing_study(storage, study_name)
+    study_name = study.study_name
     done = [
         t
         for t in study.get_trials(deepcopy=False)
