@@ -240,6 +240,52 @@ CASES: dict[str, Case] = {
     "impossible_test_fraction": Case(
         "src.train", text("data.test_fraction=2"), "data.test_fraction=2 is invalid"
     ),
+    "predict_out_is_input": Case(
+        "src.predict",
+        (
+            "ckpt_path={good_ckpt}",
+            "input={train_csv}",
+            "out={train_csv}",
+            "hydra.run.dir={precious}",
+        ),
+        "is the input file",
+    ),
+    "predict_mistyped_input_suffix": Case(
+        "src.predict",
+        ("ckpt_path={good_ckpt}", "input=reviews.cvs", "hydra.run.dir={precious}"),
+        "input='reviews.cvs': no such file or folder",
+    ),
+    "predict_missing_input_folder": Case(
+        "src.predict",
+        ("ckpt_path={good_ckpt}", "input={missing}/new_reviews", "hydra.run.dir={precious}"),
+        "{missing}/new_reviews': no such file or folder",
+    ),
+    "predict_text_and_input": Case(
+        "src.predict",
+        ("ckpt_path={good_ckpt}", "text=great", "input={train_csv}", "hydra.run.dir={precious}"),
+        "not both",
+    ),
+    "predict_nothing_to_predict": Case(
+        "src.predict", ("ckpt_path={good_ckpt}", "hydra.run.dir={precious}"), "nothing to predict"
+    ),
+    "predict_empty_text": Case(
+        "src.predict", ("ckpt_path={good_ckpt}", "text=''", "hydra.run.dir={precious}"), "is empty"
+    ),
+    "predict_input_bad_suffix": Case(
+        "src.predict",
+        ("ckpt_path={good_ckpt}", "input={xlsx}", "hydra.run.dir={precious}"),
+        "suffix '.xlsx'",
+    ),
+    "predict_missing_checkpoint": Case(
+        "src.predict",
+        ("ckpt_path={missing}/best.ckpt", "text=great", "hydra.run.dir={precious}"),
+        "{missing}/best.ckpt': no such file",
+    ),
+    "predict_list_with_a_path": Case(
+        "src.predict",
+        ("ckpt_path={good_ckpt}", "input=[{train_csv},great]", "hydra.run.dir={precious}"),
+        "looks like a path",
+    ),
     "unknown_delimiter": Case(
         "src.train", text("data.delimiter=colons"), "data.delimiter='colons'"
     ),
@@ -256,7 +302,10 @@ EARLY = {
     "max_epochs_minus_one", "max_length_above_the_model", "missing_train_file",
     "one_class_in_train", "missing_label", "misspelled_label_column", "gpu_on_a_cpu_machine",
     "semicolon_file_named_csv", "tsv_named_csv", "directory_as_data_file", "unknown_data_key",
-    "impossible_test_fraction", "unknown_delimiter",
+    "impossible_test_fraction", "unknown_delimiter", "predict_out_is_input",
+    "predict_mistyped_input_suffix", "predict_missing_input_folder", "predict_text_and_input",
+    "predict_nothing_to_predict", "predict_empty_text", "predict_input_bad_suffix",
+    "predict_missing_checkpoint", "predict_list_with_a_path",
 }  # fmt: skip
 HEAVY_MODULES = ("lightning", "transformers", "datasets")
 
