@@ -86,7 +86,10 @@ def test_label_outside_classes_is_named(tokenizer, tiny_text_data, tmp_path) -> 
     dm = text_dm(
         tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), label_names=["only"]
     )
-    with pytest.raises(DataError, match="label 1 at row 2 of .*train.csv .column 'label'. is not one of the 1 classes"):
+    with pytest.raises(
+        DataError,
+        match="label 1 at row 2 of .*train.csv .column 'label'. is not one of the 1 classes",
+    ):
         dm.setup()
 
 
