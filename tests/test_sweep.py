@@ -492,7 +492,8 @@ def test_best_trial_handed_back_reproduced_and_ensembled(
 ) -> None:
     """optimization_results.yaml names the best trial's run dir, checkpoint and metrics; the
     sweep dir's best.yaml reruns it through `python -m src.train --config-dir ... --config-name
-    best` with the same metrics (fp32, CPU); `python -m src.ensemble` takes the study's top_k."""
+    best` with the same metrics (fp32, CPU), a cold run reproducing a warm trial;
+    `python -m src.ensemble` takes the study's top_k."""
     grid = {"optimizer.lr": [0.003, 1e-4]}
     sampler = {"_target_": "optuna.samplers.GridSampler", "search_space": grid, "seed": 0}
     search_config(
@@ -508,6 +509,8 @@ def test_best_trial_handed_back_reproduced_and_ensembled(
     run_sweep([*cmd, "scheduler.warmup=0.0", "trainer.deterministic=true"])
     study = load(sweep_dir, "best")
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    # The trials were warm (forked) starts; the rerun below is a cold `python -m src.train`.
+    assert {t.user_attrs["trial_start"] for t in study.get_trials()} == {"warm"}
 
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     best = results["best_trial"]
@@ -678,3 +681,45 @@ def test_sweep_enqueued_and_seeded_trials_come_before_sampling(
     assert results["seeded_trials"] == 2 and results["trial_epochs_total"] == 1
     rows = read_trials_csv(later_dir)
     assert [r["seeded_from"] for r in rows] == ["early#0", "early#1", ""]
+
+
+# -- warm trial processes ---------------------------------------------------------------------------
+
+
+def test_warm_trials_crash_alone_and_see_their_slot_gpus(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """Warm (forked) trials: one that calls os._exit(1) and one that segfaults are FAILED with
+    their exit status, the trial after them runs in a healthy process; each trial sees its
+    worker's CUDA_VISIBLE_DEVICES, and nothing initialised CUDA before the fork."""
+    params = {"callbacks.fault.mode": "choice(exit, segv, ok)"}
+    sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
+    search_config(tmp_path, "faults", n_trials=3, sampler=sampler, params=params)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("faults", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=1"
+    cmd += [
+        "+callbacks.fault={_target_:tests.sweep_faults.Fault,mode:ok}",
+        "hydra.sweeper.n_workers=2",
+        "hydra.sweeper.enqueue=[{callbacks.fault.mode:exit},{callbacks.fault.mode:segv},"
+        "{callbacks.fault.mode:ok}]",
+    ]
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": "3,5"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    trials = load(sweep_dir, "faults").get_trials()
+    modes = [t.params["callbacks.fault.mode"] for t in trials]
+    assert modes == ["exit", "segv", "ok"], modes
+    assert all(t.user_attrs["trial_start"] == "warm" for t in trials)
+    exit_t, segv_t, *ok = trials
+    assert exit_t.state == TrialState.FAIL and "status 1" in exit_t.user_attrs["error"]
+    assert segv_t.state == TrialState.FAIL and "signal 11" in segv_t.user_attrs["error"]
+    for t in ok:
+        assert t.state == TrialState.COMPLETE, t.user_attrs
+        seen = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "fault_seen.json").read_text())
+        assert seen["warm"] and not seen["cuda_initialized"]
+        assert seen["CUDA_VISIBLE_DEVICES"] == t.user_attrs["gpus"] and seen[
+            "CUDA_VISIBLE_DEVICES"
+        ] in ("3", "5")
+        assert t.user_attrs["startup_s"] > 0
+    assert {t.user_attrs["gpus"] for t in trials} == {"3", "5"}  # both workers' slots ran trials

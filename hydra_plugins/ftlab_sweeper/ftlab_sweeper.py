@@ -65,6 +65,9 @@ class FtlabOptunaSweeperConf:
     # trials whose params fit this search space into this study (once), so the sampler starts from
     # them. They do not count towards n_trials.
     seed_from: Any = None
+    # warm: each trial is a child forked from a server that has imported torch, Lightning,
+    # transformers once (saves their import time per trial); cold: a fresh `python -m src.train`.
+    trial_start: str = "warm"
 
 
 ConfigStore.instance().store(
@@ -148,6 +151,7 @@ class FtlabOptunaSweeper(Sweeper):
             report_interval_s=float(s.get("report_interval_s", 60.0)),
             enqueue=_container(s.get("enqueue")),
             seed_from=_container(s.get("seed_from")),
+            trial_start=str(s.get("trial_start", "warm")),
         )
         groups = [str(g) for g in choices]
         sweep = Sweep(settings, space, [*plain, *hydra_overrides], sweep_dir, config_groups=groups)

@@ -50,6 +50,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "value": t.value,
                 **{f"params.{k}": t.params.get(k) for k in param_names},
                 "duration_s": round(duration, 1) if duration is not None else None,
+                "trial_start": t.user_attrs.get("trial_start"),
+                "startup_s": t.user_attrs.get("startup_s"),
                 "reported_steps": len(t.intermediate_values),
                 "last_step": t.last_step,
                 "retry_of": (retry_of(t) or [None])[0],
@@ -89,6 +91,8 @@ def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None
         # Epochs actually trained (one report per validation), what pruning saves.
         "trial_epochs_total": sum(len(t.intermediate_values) for t in own),
         "trial_time_total_s": round(sum(durations), 1),
+        # Median seconds from a trial's launch to its first training step (warm vs cold start).
+        "startup_s_median": _median([t.user_attrs.get("startup_s") for t in own]),
     }
 
 
@@ -204,6 +208,13 @@ def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
         finally:
             plt.close("all")
     return written
+
+
+def _median(values: list[Any]) -> float | None:
+    import statistics
+
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return round(statistics.median(numbers), 2) if numbers else None
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:

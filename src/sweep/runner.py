@@ -4,7 +4,9 @@ A trial is `python -m src.train <base overrides> <trial params> hydra.run.dir=<s
 Separate processes are what make the rest possible: a free worker takes the next trial at once
 (no batches), a trial may itself launch DDP ranks, each worker can be pinned to its own GPUs, and a
 crash, NaN or OOM kills one trial, never the sweep. While a trial runs its worker sends heartbeats,
-so a later sweep command can tell a dead worker's trial from a live one and retry it.
+so a later sweep command can tell a dead worker's trial from a live one and retry it. The
+process is forked from a preloaded forkserver (warm, the default) or a new interpreter (cold):
+src/sweep/launch.py.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from optuna.trial import Trial, TrialState
 from src import PROJECT_ROOT
 from src.errors import ConfigError
 from src.sweep import trial as trial_env
+from src.sweep.launch import TRIAL_STARTS, TrialProcess, WarmStarter, cold_start
 from src.sweep.report import write_report
 from src.sweep.space import SearchSpace, format_value, to_overrides
 from src.sweep.study import (
@@ -68,6 +71,7 @@ class SweepSettings:
     report_interval_s: float = 60.0
     enqueue: list[dict[str, Any]] | None = None  # configurations to try first
     seed_from: dict[str, Any] | None = None  # {storage, study_name} of an earlier study
+    trial_start: str = "warm"  # warm: forked from a preloaded forkserver; cold: a new interpreter
     poll_interval_s: float = 2.0
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -83,6 +87,10 @@ class SweepSettings:
         if self.direction not in ("maximize", "minimize"):
             raise ConfigError(
                 f"hydra.sweeper.direction={self.direction!r} is invalid: choose maximize or minimize"
+            )
+        if self.trial_start not in TRIAL_STARTS:
+            raise ConfigError(
+                f"hydra.sweeper.trial_start={self.trial_start!r} is invalid: choose {' or '.join(TRIAL_STARTS)}"
             )
         if self.heartbeat_interval < 1:
             raise ConfigError(
@@ -170,7 +178,8 @@ class Sweep:
         self._stop = threading.Event()
         self._interrupted = False
         self._done = False
-        self._procs: dict[int, subprocess.Popen] = {}
+        self._procs: dict[int, TrialProcess] = {}
+        self._warm: WarmStarter | None = None
         self._report_lock = threading.Lock()
         self._last_plots = 0.0
         self.study = self._open_study()
@@ -246,6 +255,8 @@ class Sweep:
             self.s.n_workers,
             self.sweep_dir,
         )
+        if self.s.trial_start == "warm" and b.finished < self.s.n_trials:
+            self._start_forkserver()  # not for a finished study: its imports would be wasted
         gpus = gpu_assignment(visible_gpus(), self.s.n_workers, self.s.devices_per_worker)
         workers = [
             threading.Thread(
@@ -281,6 +292,20 @@ class Sweep:
                 signal.signal(signal.SIGTERM, previous)
         self.report(plots=True)
         return self.study
+
+    def _start_forkserver(self) -> None:
+        """The warm-start forkserver; its imports overlap the study's set-up. Cold if unavailable."""
+        import multiprocessing
+
+        if "forkserver" not in multiprocessing.get_all_start_methods():
+            log.warning("no forkserver on this platform: trials start cold")
+            return
+        try:
+            self._warm = WarmStarter()
+            self._warm.start_server()
+        except Exception as e:  # e.g. no /dev/shm, no UNIX sockets
+            log.warning("warm trial start unavailable (%s): trials start cold", e)
+            self._warm = None
 
     def _worker(self, slot: int, gpus: list[str]) -> None:
         while not self._stop.is_set():
@@ -334,14 +359,11 @@ class Sweep:
         overrides = [*self.base_overrides, *to_overrides(trial.params)]
         # What reproduces this trial outside the sweep (best.yaml, optimization_results.yaml).
         trial.set_user_attr("overrides", overrides)
-        cmd = [
-            sys.executable,
-            "-m",
-            "src.train",
-            *overrides,
-            "hydra.mode=RUN",
-            f"hydra.run.dir={format_value(str(trial_dir))}",
-        ]
+        argv = [*overrides, "hydra.mode=RUN", f"hydra.run.dir={format_value(str(trial_dir))}"]
+        cmd = [sys.executable, "-m", "src.train", *argv]
+        warm = self._warm is not None
+        trial.set_user_attr("trial_start", "warm" if warm else "cold")
+        trial.set_user_attr("gpus", ",".join(gpus) if gpus else None)
         retried = retry_of(self.storage.get_trial(trial._trial_id))
         log.info(
             "trial %d%s started: %s%s",
@@ -351,17 +373,17 @@ class Sweep:
             f" on GPU {','.join(gpus)}" if gpus else "",
         )
         log_file = trial_dir / "trial.log"
+        (trial_dir / trial_env.TIMING_FILE).unlink(missing_ok=True)
         with open(log_file, "w") as out:
-            out.write(" ".join(cmd) + "\n")
+            out.write(("# warm start (forked): " if warm else "") + " ".join(cmd) + "\n")
             out.flush()
-            proc = subprocess.Popen(
-                cmd,
-                cwd=PROJECT_ROOT,
-                env=self._trial_env(trial, gpus),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            env = self._trial_env(trial, gpus)
+            launched = time.time()
+            proc: TrialProcess
+            if self._warm is not None:
+                proc = self._warm.start(argv, env, PROJECT_ROOT, log_file)
+            else:
+                proc = cold_start(argv, env, PROJECT_ROOT, out)
             self._procs[trial.number] = proc
             try:
                 while True:
@@ -375,6 +397,10 @@ class Sweep:
                             log.warning("trial %d: heartbeat failed: %s", trial.number, e)
             finally:
                 self._procs.pop(trial.number, None)
+        first_step = _read_json(trial_dir / trial_env.TIMING_FILE).get("first_step_at")
+        if isinstance(first_step, (int, float)):
+            # From the launch to the first training step: what warm start saves.
+            trial.set_user_attr("startup_s", round(first_step - launched, 2))
         self._finish(trial, returncode, trial_dir, log_file)
 
     def _finish(self, trial: Trial, returncode: int, trial_dir: Path, log_file: Path) -> None:
@@ -452,10 +478,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: TrialProcess) -> None:
     """The trial process and whatever it started (DDP ranks): they share its process group."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(proc.pid, signal.SIGKILL)  # a warm child killed before its setsid()
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ ENV_TRIAL_NUMBER = "FTLAB_SWEEP_TRIAL_NUMBER"
 ENV_PRUNER = "FTLAB_SWEEP_PRUNER"  # JSON: the pruner's config ({"_target_": ..., ...} or null)
 ENV_PARENT_PID = "FTLAB_SWEEP_PARENT_PID"
 PRUNED_MARKER = "pruned.json"
+TIMING_FILE = "trial_timing.json"  # {"first_step_at": unix time}: the sweeper's start-up measure
 
 
 def sweep_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -112,6 +114,14 @@ class TrialReporter(Callback):
         self.step = 0
         self.pruned_at: int | None = None
         self._trial = None
+        self._timed = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._timed and trainer.is_global_zero:
+            self._timed = True
+            (self.run_dir / TIMING_FILE).write_text(
+                json.dumps({"first_step_at": time.time()}) + "\n"
+            )
 
     def _optuna_trial(self):
         """The trial, loaded on rank 0 only (other ranks never touch the storage)."""

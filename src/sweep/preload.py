@@ -1,0 +1,57 @@
+"""Imported once by the warm-start forkserver (src/sweep/launch.py): what a trial imports before
+its first training step, so that each forked trial starts with it all in memory.
+
+Only imports: nothing here may start threads, run a torch op (OpenMP is not fork-safe once its
+thread pool exists) or touch CUDA. A module that fails to import is skipped; the trial then
+imports it itself and reports the error as a cold trial would.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+MODULES = (
+    "torch",
+    "lightning",
+    "lightning.pytorch",
+    "transformers",
+    "torchmetrics",
+    "datasets",
+    "optuna",
+    "sqlalchemy",
+    "tensorboard",
+    "hydra",
+    "src.train",
+    "src.cv",
+    "src.run",
+    "src.checks",
+    "src.finetune",
+    "src.features",
+    "src.tuning",
+    "src.data.text",
+    "src.data.image",
+    "src.data.report",
+    "src.models.classifier",
+    "src.models.networks",
+    "src.sweep.trial",
+    "src.sweep.study",
+    "lightning.pytorch.loggers.tensorboard",
+    "lightning.pytorch.callbacks.rich_progress",
+    "transformers.models.bert.modeling_bert",
+)
+
+loaded: list[str] = []
+failed: dict[str, str] = {}
+for _name in MODULES:
+    try:
+        importlib.import_module(_name)
+        loaded.append(_name)
+    except Exception as e:  # noqa: BLE001  (a broken module must not kill the forkserver)
+        failed[_name] = f"{type(e).__name__}: {e}"
+
+try:  # Hydra's plugin scan (config sources, sweepers, launchers), done once here.
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+except Exception as e:  # noqa: BLE001
+    failed["hydra.core.plugins"] = f"{type(e).__name__}: {e}"
