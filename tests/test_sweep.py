@@ -261,6 +261,8 @@ def test_killed_sweep_resumes_to_exactly_n_trials(
     killed = [t for t in before.values() if t.state == TrialState.RUNNING]
     done_before = [t for t in before.values() if t.state in FINISHED]
     assert killed and done_before, ((tmp_path / "first.log").read_text()[-3000:], before)
+    for k in killed:  # the killed sweeper's trial process does not train on as an orphan
+        assert _exits_within(k.user_attrs["pid"], 30), k.user_attrs
 
     run_sweep(cmd)
     trials = load(sweep_dir, "resume").get_trials()
@@ -280,6 +282,19 @@ def test_killed_sweep_resumes_to_exactly_n_trials(
     params = [tuple(sorted(t.params.items())) for t in finished]
     assert len(set(params)) == len(params), params  # no trial ran twice
     assert len({t.user_attrs["run_dir"] for t in finished}) == 2
+
+
+def _exits_within(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_two_sweep_commands_share_one_study_and_survive_a_nan_trial(

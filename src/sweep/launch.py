@@ -159,8 +159,7 @@ def _child_main(argv: list[str], env: dict[str, str], cwd: str, log_path: str) -
         sys.modules["torch"].set_num_threads(int(threads))
     main_file = Path(cwd) / "src" / "train.py"
     sys.argv = [str(main_file), *argv]
-    # Run as `python -m src.train` does: a fresh __main__ from the module's code (the preloaded
-    # src.train stays importable by its name; runpy warns when it is in sys.modules).
+    # Run as `python -m src.train` does: a fresh __main__ from the module's code.
     sys.modules.pop("src.train", None)
     try:
         runpy.run_module("src.train", run_name="__main__", alter_sys=True)

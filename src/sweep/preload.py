@@ -21,10 +21,12 @@ MODULES = (
     "sqlalchemy",
     "tensorboard",
     "hydra",
-    "src.train",
+    # Not src.train itself: each child runs it as __main__ (multiprocessing first runs the
+    # sweeper's main module as __mp_main__, and runpy warns when the module is already loaded).
+    "src.checks",
+    "src.errors",
     "src.cv",
     "src.run",
-    "src.checks",
     "src.finetune",
     "src.features",
     "src.tuning",

@@ -385,6 +385,7 @@ class Sweep:
             else:
                 proc = cold_start(argv, env, PROJECT_ROOT, out)
             self._procs[trial.number] = proc
+            trial.set_user_attr("pid", proc.pid)
             try:
                 while True:
                     try:
