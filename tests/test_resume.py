@@ -85,6 +85,8 @@ def resume_args(tiny_bert: Path, data: Path, run_dir: Path, trace: Path, *extra:
         f"data.train_file={data / 'train.csv'}",
         "data.val_fraction=0.25",
         "data.batch_size=8",
+        "data.max_length=64",  # the tiny BERT's position limit
+        "data.test_fraction=null",  # the test file is val: STEPS_PER_EPOCH counts 120 examples
         "optimizer.lr=3e-3",
         "scheduler=linear_warmup",  # a schedule whose state matters: the LR changes every step
         "trainer.max_epochs=3",
