@@ -5,6 +5,7 @@ as the old run's (so `resume=true` would later resume the wrong run)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class GuardRunDir(HydraCallback):
 
         if "resume" not in config:  # not a training run (eval, predict, export write elsewhere)
             return
+        if any(os.environ.get(v, "0") != "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK")):
+            return  # a DDP rank > 0, which Lightning starts in rank 0's run dir
         try:
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
         except Exception:  # unresolvable interpolation: Hydra reports it itself
