@@ -21,10 +21,15 @@ DATA_KEYS: dict[str, tuple[str, ...]] = {
         "text_pair_column",
         "label_column",
         "label_names",
+        "label_columns",
+        "task_type",
         "val_fraction",
         "test_fraction",
         "strip_html",
         "delimiter",
+        "header",
+        "column_names",
+        "quoting",
         "limit_train",
         "max_length",
         "batch_size",
@@ -94,6 +99,10 @@ def check_train_config(cfg: DictConfig) -> None:
         from src.data.preflight import parse_delimiter
 
         parse_delimiter(cfg.data.delimiter)
+    if cfg.data.get("quoting") is not None:
+        from src.data.preflight import parse_quoting
+
+        parse_quoting(cfg.data.quoting)
     if cfg.data.get("limit_train") is not None:
         _positive(cfg.data.limit_train, "data.limit_train", int, 2)
     if cfg.data.get("max_length") is not None:
@@ -102,8 +111,15 @@ def check_train_config(cfg: DictConfig) -> None:
     if not 0.0 <= float(smoothing) < 1.0:
         raise ConfigError(f"loss.label_smoothing={smoothing} must be in [0, 1)")
     check_class_weights(cfg.get("loss", {}).get("class_weights"))
-    if cfg.monitor not in MONITORED:
-        raise ConfigError(f"monitor={cfg.monitor!r}; valid: {', '.join(MONITORED)}")
+    from src.tasks import check_task_config, spec_of
+
+    check_task_config(cfg)
+    monitored = spec_of(cfg).monitored  # multiclass: MONITORED
+    if cfg.monitor not in monitored:
+        raise ConfigError(
+            f"monitor={cfg.monitor!r}; valid for task.type={spec_of(cfg).name}: "
+            f"{', '.join(monitored)}"
+        )
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
     if cfg.model.family == "hf" and OmegaConf.is_missing(cfg.model, "pretrained"):

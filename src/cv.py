@@ -60,6 +60,7 @@ def cross_validate(cfg: DictConfig) -> dict[str, Any]:
     """Run every fold (skipping finished ones when resuming); write the aggregate metrics.json."""
     from src.run import print_summary, write_json_atomic
     from src.sweep.trial import ENV_TRIAL_ID, die_with_sweeper, report_cv_fold
+    from src.tasks import metric_keys
     from src.train import train
 
     folds = cv_folds(cfg)
@@ -91,7 +92,8 @@ def cross_validate(cfg: DictConfig) -> dict[str, Any]:
             pruned = True
             break
 
-    aggregate = aggregate_folds(per_fold, cfg.monitor)
+    keys = metric_keys(cfg, "val") + metric_keys(cfg, "test")
+    aggregate = aggregate_folds(per_fold, cfg.monitor, keys)
     aggregate.update(
         {
             "cv_folds": folds,
@@ -105,17 +107,20 @@ def cross_validate(cfg: DictConfig) -> dict[str, Any]:
         }
     )
     write_json_atomic(run_dir / "metrics.json", aggregate)
-    print_summary(aggregate)
+    print_summary(aggregate, keys)
     _log_to_tensorboard(run_dir, aggregate)
     return aggregate
 
 
-def aggregate_folds(per_fold: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
-    """Mean (under the metric's own key) and std (`<key>_std`, sample std) of every val/test metric."""
+def aggregate_folds(
+    per_fold: list[dict[str, Any]], monitor: str, keys: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Mean (under the metric's own key) and std (`<key>_std`, sample std) of every val/test metric
+    (`keys`: the task type's, src/tasks; multiclass when not given)."""
     from src.run import TEST_KEYS, VAL_KEYS
 
     out: dict[str, Any] = {}
-    for key in (*VAL_KEYS, *TEST_KEYS, "train/loss"):
+    for key in (*(keys or VAL_KEYS + TEST_KEYS), "train/loss"):
         values = [m.get(key) for m in per_fold]
         out[key] = _mean(values)
         out[f"{key}_std"] = _std(values)

@@ -89,6 +89,11 @@ def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOu
     from src.predict import load_model
 
     model = load_model(path)
+    if model.module.task.name != "multiclass":
+        raise ConfigError(
+            f"{path}: an ensemble averages class probabilities; task.type="
+            f"{model.module.task.name} checkpoints are not supported by src.ensemble yet"
+        )
     relocate_data(model.run_cfg, cfg.get("data_dir"))
     datamodule = instantiate(model.run_cfg.data, processor=model.processor, _recursive_=False)
     datamodule.setup("test")

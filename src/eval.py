@@ -17,7 +17,8 @@ from src.finetune import prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network, build_processor
 from src.progress import progress_bar
-from src.run import TEST_KEYS, VAL_KEYS, print_summary, resolve_precision, write_json_atomic
+from src.run import print_summary, resolve_precision, write_json_atomic
+from src.tasks import metric_keys
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     else:
         raise ConfigError(f"split={cfg.split!r}; valid: test, val")
-    keys = TEST_KEYS if cfg.split == "test" else VAL_KEYS
+    keys = metric_keys(run_cfg, cfg.split)
     metrics: dict[str, Any] = {k: float(results[0][k]) for k in keys if k in results[0]}
     metrics["ckpt_path"] = str(Path(cfg.ckpt_path).expanduser().resolve())
+    metrics.update(module.task.extras())
     write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-    print_summary(metrics)
+    print_summary(metrics, keys)
     return metrics
 
 

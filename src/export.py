@@ -86,11 +86,33 @@ def set_truncation(model: LoadedModel) -> None:
     tokenizer.init_kwargs["truncation_side"] = tokenizer.truncation_side
 
 
+# task.type -> the HF config's problem_type (pipeline(): sigmoid per label / raw scores)
+PROBLEM_TYPES = {"multilabel": "multi_label_classification", "regression": "regression"}
+
+
+def fold_target_scale(model: LoadedModel) -> None:
+    """A regression trained on standardised targets: the output layer's weights and bias take
+    the train mean / std, so every export outputs scores on the targets' own scale."""
+    task = model.module.task
+    if task.name != "regression" or (
+        bool((task.target_std == 1).all()) and bool((task.target_mean == 0).all())
+    ):
+        return
+    head = [m for m in model.module.network.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.mul_(task.target_std[:, None])
+        head.bias.mul_(task.target_std).add_(task.target_mean)
+        task.target_std.fill_(1.0)
+        task.target_mean.zero_()
+
+
 def export_hf(model: LoadedModel, out: Path) -> None:
     hf_model = model.module.network.model
     # id2label/label2id were set when the network was built from the run's label names.
     hf_model.config.id2label = dict(enumerate(model.label_names))
     hf_model.config.label2id = {n: i for i, n in enumerate(model.label_names)}
+    if model.module.task.name in PROBLEM_TYPES:
+        hf_model.config.problem_type = PROBLEM_TYPES[model.module.task.name]
     hf_model.save_pretrained(out)
     model.processor.save_pretrained(out)
 
@@ -230,6 +252,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"format=hf needs a transformers text model; this checkpoint is {model.run_cfg.model.name} "
             "(use format=onnx or format=torchscript)"
         )
+    fold_target_scale(model)
     batch = sample_batch(model)
     before = file_modes(out)
     if model.modality == "text":
@@ -251,6 +274,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "label_names": model.label_names,
         "input_names": list(batch),
     }
+    task = model.module.task
+    if task.name != "multiclass":  # what the outputs are, and the decision thresholds
+        info["task_type"] = task.name
+        if "thresholds" in task.extras():
+            info["thresholds"] = task.extras()["thresholds"]
     if model.modality == "text":
         info["max_length"] = run_max_length(model.run_cfg)
         info["truncation_side"] = str(model.processor.truncation_side)

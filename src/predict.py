@@ -361,6 +361,18 @@ def predict_probs(
 ) -> torch.Tensor:
     """Softmax class probabilities (float32, on the CPU), one row per input, with a progress bar."""
     import torch
+
+    return torch.softmax(predict_logits(module, batches, device, total), dim=-1)
+
+
+def predict_logits(
+    module: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    total: int,
+) -> torch.Tensor:
+    """The network's outputs (float32, on the CPU), one row per input, with a progress bar."""
+    import torch
     from rich.console import Console
     from rich.progress import track
 
@@ -372,7 +384,7 @@ def predict_probs(
             batches, total=total, description="predict", console=console, transient=True
         ):
             batch = {k: v.to(device) for k, v in batch.items()}
-            out.append(torch.softmax(module(batch).float(), dim=-1).cpu())
+            out.append(module(batch).float().cpu())
     return torch.cat(out)
 
 
@@ -418,6 +430,45 @@ def write_predictions(
     return added
 
 
+def write_task_predictions(
+    path: Path, columns: dict[str, list[str]], task: Any, logits: torch.Tensor
+) -> list[str]:
+    """CSV of a multi-label task (`predicted`: the labels at or above their decision thresholds,
+    comma-separated; prob_<label> each) or a regression task (`predicted`, or predicted_<target>
+    per target, on the targets' scale); written then renamed. Returns the added columns."""
+    out = task.postprocess(logits)
+    names = task.label_names
+    if task.name == "multilabel":
+        added = prediction_columns(list(columns), names)
+        chosen = out["preds"].tolist()
+        values = [
+            [
+                ",".join(n for n, on in zip(names, row, strict=True) if on),
+                *(f"{p:.6f}" for p in probs),
+            ]
+            for row, probs in zip(chosen, out["probs"].tolist(), strict=True)
+        ]
+    else:
+        wanted = ["predicted"] if len(names) == 1 else [f"predicted_{n}" for n in names]
+        suffix, k = "", 0
+        while any(w + suffix in columns for w in wanted):
+            k += 1
+            suffix = f"_{k}"
+        added = [w + suffix for w in wanted]
+        values = [
+            [f"{v:.6f}" for v in row] for row in out["preds"].reshape(len(logits), -1).tolist()
+        ]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    kept = list(columns.values())
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([*columns, *added])
+        for i, row in enumerate(values):
+            writer.writerow([*(c[i] for c in kept), *row])
+    os.replace(tmp, path)
+    return added
+
+
 def predict(cfg: DictConfig) -> Path:
     """Predict every input; return the CSV's path."""
     # Everything about the input and the output first: no torch import, no checkpoint read.
@@ -442,8 +493,14 @@ def predict(cfg: DictConfig) -> Path:
         n = len(texts)
         max_length = run_max_length(model.run_cfg)
         batches = text_batches(model.processor, texts, pairs, max_length, batch_size)
-    probs = predict_probs(model.module, batches, device, -(-n // batch_size))
+    logits = predict_logits(model.module, batches, device, -(-n // batch_size))
     columns = input_columns(source)
+    task = model.module.task
+    if task.name != "multiclass":  # multi-label sets or regression scores (src/tasks)
+        write_task_predictions(out, columns, task, logits)
+        print(f"ftlab: {n} predictions -> {out}", file=sys.stderr, flush=True)
+        return out
+    probs = logits.softmax(dim=-1)
     added = write_predictions(out, columns, probs, model.label_names)
     if added[0] != "predicted":
         print(

@@ -22,7 +22,8 @@ from src.errors import FtlabError
 
 log = logging.getLogger(__name__)
 
-# The names of the run contract: metrics.json always has these keys.
+# The names of the run contract for multiclass tasks: metrics.json always has these keys (other
+# task types declare theirs in src/tasks).
 VAL_KEYS = ("val/loss", "val/acc", "val/precision", "val/recall", "val/f1")
 TEST_KEYS = ("test/loss", "test/acc", "test/precision", "test/recall", "test/f1")
 
@@ -169,8 +170,9 @@ def confusion_figure(confusion: torch.Tensor, labels: list[str]) -> Any:
     return fig
 
 
-def print_summary(metrics: dict[str, Any]) -> None:
-    shown = [k for k in (*VAL_KEYS, *TEST_KEYS) if metrics.get(k) is not None]
+def print_summary(metrics: dict[str, Any], keys: tuple[str, ...] = VAL_KEYS + TEST_KEYS) -> None:
+    """One line of the run's metrics (`keys`: the task type's, src/tasks)."""
+    shown = [k for k in keys if metrics.get(k) is not None]
     line = "  ".join(f"{k}={metrics[k]:.4f}" for k in shown)
     print(f"ftlab: {line}", file=sys.stderr, flush=True)
 

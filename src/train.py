@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.checks import check_train_config
 from src.errors import ConfigError, exit_on_user_error
+from src.tasks import build_task, metric_keys, task_type
 
 # Lightning, transformers and the rest are imported where they are used: `import lightning`
 # alone takes about 8 s here, and a config mistake should be reported before paying for it.
@@ -30,7 +31,7 @@ def build_data_and_module(cfg: DictConfig):
     """The data module (set up, so its labels are known) and the LightningModule for `cfg`."""
     from hydra.utils import instantiate
 
-    from src.data.report import resolve_class_weights
+    from src.data.report import resolve_class_weights, resolve_pos_weight
     from src.finetune import prepare_network
     from src.models.classifier import Classifier
     from src.models.networks import build_network, build_processor
@@ -40,6 +41,21 @@ def build_data_and_module(cfg: DictConfig):
     datamodule.setup("fit")
     network = build_network(cfg.model, datamodule.label_names)
     network = prepare_network(network, cfg.get("finetune"))
+    train_report = datamodule.data_report["splits"]["train"]
+    class_weights = None
+    if task_type(cfg) == "multiclass":
+        class_weights = resolve_class_weights(
+            cfg.loss.get("class_weights"), train_report["class_counts"]
+        )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    task = build_task(
+        config,
+        datamodule.label_names,
+        label_smoothing=float(cfg.loss.label_smoothing),
+        class_weights=class_weights,
+        pos_weight=resolve_pos_weight(cfg.loss.get("pos_weight"), train_report),
+        target_stats=train_report.get("target_stats"),
+    )
     module = Classifier(
         network=network,
         label_names=datamodule.label_names,
@@ -49,10 +65,9 @@ def build_data_and_module(cfg: DictConfig):
         else None,
         lr_decay=float(cfg.finetune.get("lr_decay", 1.0)) if cfg.get("finetune") else 1.0,
         label_smoothing=float(cfg.loss.label_smoothing),
-        class_weights=resolve_class_weights(
-            cfg.loss.get("class_weights"), datamodule.data_report["splits"]["train"]["class_counts"]
-        ),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        class_weights=class_weights,
+        config=config,
+        task=task,
     )
     return datamodule, module
 
@@ -133,8 +148,6 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     from src.features import maybe_cache_features
     from src.finetune import check_finetune_config, finetune_callbacks
     from src.run import (
-        TEST_KEYS,
-        VAL_KEYS,
         BestValMetrics,
         check_resume_checkpoint,
         checkpoint_callback,
@@ -175,8 +188,9 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
 
-    metrics: dict[str, Any] = {k: best_val.best.get(k) for k in VAL_KEYS}
-    metrics.update({k: test_metrics.get(k) for k in TEST_KEYS})
+    # the run contract: multiclass val|test/{loss,acc,precision,recall,f1}; see src/tasks
+    metrics: dict[str, Any] = {k: best_val.best.get(k) for k in metric_keys(cfg, "val")}
+    metrics.update({k: test_metrics.get(k) for k in metric_keys(cfg, "test")})
     metrics.update(
         {
             "train/loss": last_train_loss,
@@ -191,11 +205,12 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
             "wall_time_s": round(time.time() - started, 1),
         }
     )
+    metrics.update(module.task.extras())  # multi-label: the thresholds used, per-label F1
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         confusion = getattr(module, "confusion_matrix", None)
         log_final_results(trainer.loggers, cfg, metrics, confusion, datamodule.label_names)
-        print_summary(metrics)
+        print_summary(metrics, metric_keys(cfg, "val") + metric_keys(cfg, "test"))
     return metrics
 
 

@@ -4,6 +4,7 @@ label columns, src/data/preflight.py) and inside the data module (also for hub d
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -130,3 +131,140 @@ def encoder_from_train(
         {v: i for i, v in enumerate(distinct)},
         "found in the training data",
     )
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def parse_label_set(value: Any) -> list[int | str]:
+    """One multi-label cell as its labels: a list, a JSON list (`[8, 20]`, `["joy"]`), or
+    comma-separated ids or names (`8,20`, `joy, love`). `[]` is the empty set."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        text = str(value).strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not a JSON list ({e.msg})") from e
+        else:
+            items = text.split(",")
+    return [canonical(v) for v in items if not (isinstance(v, str) and not v.strip())]
+
+
+def multilabel_encoder(
+    values: Sequence[Any], label_names: Sequence[Any] | None, file: str | None, column: str
+) -> LabelEncoder:
+    """The labels of a multi-label column: `label_names` (ids are positions in it), else every
+    label found in the training split (integers 0..K-1 as ids, as for classes)."""
+    flat: list[Any] = []
+    for row, value in enumerate(values):
+        flat += _label_set(value, "train", row, file, column)
+    if label_names:
+        return encoder_from_train(flat, label_names, file, column)
+    if not flat:
+        raise DataError(
+            f"the training data ({file or 'train split'}) has no label at all in {column!r}"
+        )
+    return encoder_from_train(flat, None, file, column)
+
+
+def _label_set(value: Any, split: str, row: int, file: str | None, column: str) -> list[Any]:
+    if is_missing(value) and not isinstance(value, (list, tuple)):
+        raise DataError(
+            f"missing labels ({value!r}) in column {column!r} at {where(split, row, file)}: every "
+            "example needs its label set (`[]` for none)"
+        )
+    try:
+        return parse_label_set(value)
+    except ValueError as e:
+        raise DataError(
+            f"labels {value!r} at {where(split, row, file)} (column {column!r}) are {e}; "
+            "give ids or names separated by commas (`8,20`) or a JSON list"
+        ) from e
+
+
+def encode_label_sets(
+    encoder: LabelEncoder, split: str, values: Sequence[Any], file: str | None, column: str
+) -> list[list[float]]:
+    """Each row's label set as a 0/1 vector over `encoder.names`; a label outside them is an
+    error naming the label, the file and the row."""
+    k = len(encoder.names)
+    out = []
+    for row, value in enumerate(values):
+        vector = [0.0] * k
+        items = _label_set(value, split, row, file, column)
+        for item in items:
+            if item not in encoder.ids:
+                raise DataError(
+                    f"label {item!r} at {where(split, row, file)} (column {column!r}) is not one "
+                    f"of the {k} labels {encoder.source}"
+                    + (f" (ids 0..{k - 1})" if isinstance(item, int) else f": {encoder.names}")
+                    + _hint(item, encoder)
+                )
+            vector[encoder.ids[item]] = 1.0
+        out.append(vector)
+    return out
+
+
+def encode_indicator_columns(
+    split: str, columns: dict[str, Sequence[Any]], file: str | None
+) -> list[list[float]]:
+    """One 0/1 column per label (`data.label_columns`) as each row's 0/1 vector."""
+    names = list(columns)
+    out = []
+    for row, cells in enumerate(zip(*columns.values(), strict=True)):
+        vector = []
+        for name, cell in zip(names, cells, strict=True):
+            key = canonical(cell) if not isinstance(cell, bool) else int(cell)
+            if key not in (0, 1):
+                raise DataError(
+                    f"value {cell!r} at {where(split, row, file)} (label column {name!r}) is not 0 "
+                    "or 1: data.label_columns are one 0/1 indicator column per label"
+                )
+            vector.append(float(key))
+        out.append(vector)
+    return out
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def encode_targets(
+    split: str, columns: dict[str, Sequence[Any]], file: str | None
+) -> list[float] | list[list[float]]:
+    """Regression targets as floats (one column: a float per row, else a list per row); a missing
+    or non-numeric value is an error naming it, the file and the row."""
+    parsed: list[list[float]] = []
+    for row, cells in enumerate(zip(*columns.values(), strict=True)):
+        values = []
+        for name, cell in zip(columns, cells, strict=True):
+            number = None
+            if not is_missing(cell) and not isinstance(cell, bool):
+                try:
+                    number = float(str(cell).strip()) if isinstance(cell, str) else float(cell)
+                except (TypeError, ValueError):
+                    number = None
+            if number is None or not math.isfinite(number):
+                raise DataError(
+                    f"target {cell!r} at {where(split, row, file)} (column {name!r}) is not a "
+                    "number: task.type=regression needs a finite number in every row"
+                )
+            values.append(number)
+        parsed.append(values)
+    return [v[0] for v in parsed] if len(columns) == 1 else parsed
+
+
+def target_stats(targets: Sequence[Any]) -> dict[str, list[float]]:
+    """Mean, std, min, max of each target (a float per row, or a list per row)."""
+    rows = [t if isinstance(t, (list, tuple)) else [t] for t in targets]
+    stats: dict[str, list[float]] = {"mean": [], "std": [], "min": [], "max": []}
+    for column in zip(*rows, strict=True):
+        n = len(column)
+        mean = sum(column) / n
+        stats["mean"].append(mean)
+        stats["std"].append(math.sqrt(sum((x - mean) ** 2 for x in column) / max(n - 1, 1)))
+        stats["min"].append(min(column))
+        stats["max"].append(max(column))
+    return stats

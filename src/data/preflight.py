@@ -44,13 +44,70 @@ def parse_delimiter(value: Any) -> str | None:
     return sep
 
 
-def reader_options(file: Path, delimiter: str | None) -> tuple[str, dict[str, Any]]:
+# data.quoting: null (by suffix: .csv quotes, .tsv does not), none, csv
+QUOTING = {"none": csv.QUOTE_NONE, "csv": csv.QUOTE_MINIMAL}
+
+
+def parse_quoting(value: Any) -> int | None:
+    if value is None:
+        return None
+    if str(value).lower() not in QUOTING:
+        raise ConfigError(
+            f"data.quoting={value!r} is invalid; valid: null (by file suffix), none (quote "
+            "characters are text: files with stray quotes), csv"
+        )
+    return QUOTING[str(value).lower()]
+
+
+def reader_options(
+    file: Path, delimiter: str | None, quoting: Any = None
+) -> tuple[str, dict[str, Any]]:
     """The `datasets` builder and pandas reader options for `file`."""
     builder, options = READERS[file.suffix.lower()]
     sep = parse_delimiter(delimiter)
     if sep is not None and builder == "csv":
         options = {**options, "sep": sep}
+    if parse_quoting(quoting) is not None and builder == "csv":
+        options = {**options, "quoting": parse_quoting(quoting)}
     return builder, options
+
+
+def headerless_names(file: Path, options: dict[str, Any], names: Any) -> list[str]:
+    """The column names of a file without a header line: `data.column_names`, else 0, 1, ...
+    (as many as its first line has fields)."""
+    if names:
+        return [str(n) for n in names]
+    with file.open(encoding="utf-8", errors="replace") as f:
+        first = next((line for line in f if line.strip()), "")
+    return [str(i) for i in range(len(first.rstrip("\r\n").split(options.get("sep", ","))))]
+
+
+def read_headerless(
+    file: Path, delimiter: Any, quoting: Any, names: Any, columns: list[str] | None = None
+) -> Any:
+    """A csv / tsv file without a header line as a DataFrame of `names` (or 0, 1, ...): fields
+    beyond them on some rows (extra source columns) are ignored. Cells are read as text."""
+    import pandas as pd
+
+    builder, options = reader_options(file, delimiter, quoting)
+    if builder != "csv":
+        raise ConfigError(f"data.header=false is for csv / tsv files, not {file.name}")
+    names = headerless_names(file, options, names)
+    try:
+        return pd.read_csv(
+            file,
+            header=None,
+            names=names,
+            usecols=columns if columns is not None else range(len(names)),
+            dtype=str,
+            **options,
+        )
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except (pd.errors.ParserError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = delimiter_hint(file, options.get("sep", ","))
+        raise DataError(f"cannot parse {file} as {file.suffix[1:]}: {first}{hint}") from e
 
 
 def check_data_file(path: Any, key: str) -> Path:
@@ -92,11 +149,21 @@ def delimiter_hint(file: Path, sep: str) -> str:
     )
 
 
-def read_columns(file: Path, delimiter: str | None, columns: list[str] | None) -> Any:
+def read_columns(
+    file: Path,
+    delimiter: str | None,
+    columns: list[str] | None,
+    quoting: Any = None,
+    header: bool = True,
+    names: Any = None,
+) -> Any:
     """The file as a pandas DataFrame (only `columns`, or just the header when `columns` is [])."""
     import pandas as pd
 
-    builder, options = reader_options(file, delimiter)
+    if not header:
+        frame = read_headerless(file, delimiter, quoting, names)
+        return frame.iloc[:0] if columns == [] else frame[columns] if columns else frame
+    builder, options = reader_options(file, delimiter, quoting)
     try:
         if builder == "csv":
             if columns == []:
@@ -138,34 +205,72 @@ def check_columns(file: Path, found: list[str], wanted: dict[str, str], delimite
 
 
 def preflight_text_data(data: Any) -> None:
-    """The text task's local files and label column, checked with pandas before anything heavy.
+    """The task's local files and label column(s), checked with pandas before anything heavy.
 
     Skipped when the train file is missing and the task can fall back to the hub (the data
     module reports that case)."""
-    from src.data.labels import encoder_from_train
-
     files = {s: data.get(f"{s}_file") for s in ("train", "val", "test")}
     if files["train"] and not Path(str(files["train"])).expanduser().exists() and data.get("hub"):
         return
     delimiter = data.get("delimiter")
+    read = {
+        "quoting": data.get("quoting"),
+        "header": data.get("header", True) is not False,
+        "names": data.get("column_names"),
+    }
+    label_columns = [str(c) for c in data.get("label_columns") or []]
     wanted = {
         "data.text_column": data.get("text_column"),
         "data.text_pair_column": data.get("text_pair_column"),
-        "data.label_column": data.get("label_column"),
     }
-    wanted = {k: v for k, v in wanted.items() if v}
-    label_col = wanted["data.label_column"]
-    encoder = None
+    if label_columns:
+        wanted.update({f"data.label_columns[{i}]": c for i, c in enumerate(label_columns)})
+    else:
+        wanted["data.label_column"] = data.get("label_column")
+    wanted = {k: str(v) for k, v in wanted.items() if v is not None and v != ""}
+    labels_of = LabelCheck(data, label_columns)
     for split, path in files.items():
         if not path:
             continue
         file = check_data_file(path, f"data.{split}_file")
-        header = list(read_columns(file, delimiter, []).columns)
-        check_columns(file, header, wanted, delimiter)
+        header = list(read_columns(file, delimiter, [], **read).columns)
+        check_columns(file, [str(c) for c in header], wanted, delimiter)
         # the text columns too: pandas decodes (and so checks the UTF-8 of) only what it reads
-        labels = read_columns(file, delimiter, list(wanted.values()))[label_col].tolist()
-        if not labels:
+        frame = read_columns(file, delimiter, list(dict.fromkeys(wanted.values())), **read)
+        if frame.empty:
             raise DataError(f"{file} has no examples (empty, or a header line only)")
-        if encoder is None:
-            encoder = encoder_from_train(labels, data.get("label_names"), str(file), label_col)
-        encoder.encode(split, labels, str(file), label_col)
+        labels_of(split, frame, str(file))
+
+
+class LabelCheck:
+    """The label column(s) of each split encoded as the task type reads them (src/data/labels.py):
+    the encoder comes from the train split, the others must fit it."""
+
+    def __init__(self, data: Any, label_columns: list[str]) -> None:
+        self.type = str(data.get("task_type") or "multiclass")
+        self.label_column = str(data.get("label_column"))
+        self.label_columns = label_columns
+        self.label_names = data.get("label_names")
+        self.encoder: Any = None
+
+    def __call__(self, split: str, frame: Any, file: str) -> None:
+        from src.data import labels
+
+        if self.type == "regression":
+            cols = self.label_columns or [self.label_column]
+            labels.encode_targets(split, {c: frame[c].tolist() for c in cols}, file)
+            return
+        if self.type == "multilabel" and self.label_columns:
+            cols = self.label_columns
+            labels.encode_indicator_columns(split, {c: frame[c].tolist() for c in cols}, file)
+            return
+        col = self.label_column
+        values = frame[col].tolist()
+        if self.type == "multilabel":
+            if self.encoder is None:
+                self.encoder = labels.multilabel_encoder(values, self.label_names, file, col)
+            labels.encode_label_sets(self.encoder, split, values, file, col)
+            return
+        if self.encoder is None:
+            self.encoder = labels.encoder_from_train(values, self.label_names, file, col)
+        self.encoder.encode(split, values, file, col)

@@ -9,6 +9,7 @@ writes it into its dir and the TensorBoard text tab.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -41,6 +42,29 @@ def split_summary(labels: Sequence[int], label_names: Sequence[str]) -> dict[str
     }
 
 
+def multilabel_summary(
+    labels: Sequence[Sequence[float]], label_names: Sequence[str]
+) -> dict[str, Any]:
+    """`n_examples`, `class_counts` (examples carrying each label), the mean number of labels
+    per example (`label_cardinality`) and how many carry none (`no_label`)."""
+    counts = [int(sum(column)) for column in zip(*labels, strict=True)] if labels else []
+    sizes = [int(sum(row)) for row in labels]
+    return {
+        "n_examples": len(labels),
+        "class_counts": dict(zip(label_names, counts or [0] * len(label_names), strict=True)),
+        "label_cardinality": round(sum(sizes) / len(sizes), 4) if sizes else 0.0,
+        "no_label": sizes.count(0),
+    }
+
+
+def regression_summary(targets: Sequence[Any], label_names: Sequence[str]) -> dict[str, Any]:
+    """`n_examples` and `target_stats`: mean / std / min / max of each target (in
+    `label_names` order); the train split's mean and std standardise targets."""
+    from src.data.labels import target_stats
+
+    return {"n_examples": len(targets), "target_stats": target_stats(targets) if targets else {}}
+
+
 def duplicate_summary(
     keys: dict[str, Sequence[Hashable]], labels: dict[str, Sequence[int]]
 ) -> dict[str, Any]:
@@ -51,9 +75,9 @@ def duplicate_summary(
     val / test examples also found in train (leakage: they are scored on what was trained on).
     """
     train = keys["train"]
-    seen: dict[Hashable, set[int]] = {}
+    seen: dict[Hashable, set[Any]] = {}
     for key, label in zip(train, labels["train"], strict=True):
-        seen.setdefault(key, set()).add(label)
+        seen.setdefault(key, set()).add(tuple(label) if isinstance(label, list) else label)
     summary: dict[str, Any] = {
         "within_train": len(train) - len(seen),
         # a key with two labels occurs at least twice
@@ -96,16 +120,26 @@ def build_report(
     label_names: Sequence[str],
     dropped: dict[str, dict[str, Any]],
     test_is_val: bool,
+    task_type: str = "multiclass",
     **extra: Any,
 ) -> dict[str, Any]:
-    """The report from the final splits' labels and duplicate keys (texts or content hashes)."""
-    splits = {split: split_summary(labels[split], label_names) for split in labels}
+    """The report from the final splits' labels and duplicate keys (texts or content hashes).
+    What a split's labels count depends on the task type; only multiclass has an imbalance
+    verdict (it suggests class weights)."""
+    summary = {"multilabel": multilabel_summary, "regression": regression_summary}.get(
+        task_type, split_summary
+    )
+    splits = {split: summary(labels[split], label_names) for split in labels}
+    imbalance = None
+    if task_type == "multiclass":
+        imbalance = imbalance_summary(splits["train"]["class_counts"])
     return {
         "splits": splits,
         "test_is_val": test_is_val,
         "dropped": dropped,
         "duplicates": duplicate_summary(keys, labels),
-        "imbalance": imbalance_summary(splits["train"]["class_counts"]),
+        "imbalance": imbalance,
+        **({"task_type": task_type} if task_type != "multiclass" else {}),
         **extra,
     }
 
@@ -168,7 +202,7 @@ def warn_about(report: dict[str, Any]) -> None:
             100 * 1.96 * math.sqrt(0.25 / n_val),
         )
     imb = report["imbalance"]
-    if imb["warning"]:
+    if imb and imb["warning"]:
         log.warning(
             "data: train classes are imbalanced: %r has %s x the examples of %r (warning at "
             ">= %g); consider loss.class_weights=balanced",
@@ -177,6 +211,17 @@ def warn_about(report: dict[str, Any]) -> None:
             imb["least_common"],
             imb["threshold"],
         )
+
+
+def resolve_pos_weight(value: Any, train: dict[str, Any]) -> list[float] | None:
+    """`loss.pos_weight` of a multi-label task: None, or `balanced`: negatives / positives of
+    each label in train (a label with no positive gets 1)."""
+    if value is None:
+        return None
+    if value != "balanced":
+        raise ConfigError(f"loss.pos_weight={value!r} is invalid; valid: null, balanced")
+    n = train["n_examples"]
+    return [(n - c) / c if c else 1.0 for c in train["class_counts"].values()]
 
 
 def resolve_class_weights(value: Any, class_counts: dict[str, int]) -> list[float] | None:
@@ -213,13 +258,13 @@ def resolve_class_weights(value: Any, class_counts: dict[str, int]) -> list[floa
 def report_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables, for TensorBoard's text tab."""
     splits = report["splits"]
-    names = list(next(iter(splits.values()))["class_counts"])
+    names = list(next(iter(splits.values())).get("class_counts", {}))
     lines = [
         "| split | examples | " + " | ".join(names) + " | dropped |",
         "|---|---:|" + "---:|" * len(names) + "---:|",
     ]
     for split, s in splits.items():
-        counts = " | ".join(str(s["class_counts"][n]) for n in names)
+        counts = " | ".join(str(s["class_counts"][n]) for n in names) if names else "-"
         dropped = report["dropped"].get(split, {}).get("count", 0)
         lines.append(f"| {split} | {s['n_examples']} | {counts} | {dropped} |")
     if report.get("test_is_val"):
@@ -244,11 +289,15 @@ def report_markdown(report: dict[str, Any]) -> str:
         for split, stats in lengths["splits"].items():
             lines.append(f"| {split} | " + " | ".join(str(stats.get(c, "")) for c in cols) + " |")
     imb = report["imbalance"]
-    lines += [
-        "",
-        f"train imbalance: {imb['most_common']} / {imb['least_common']} = {imb['ratio']}"
-        + (f" (**warning**: >= {imb['threshold']:g})" if imb["warning"] else ""),
-    ]
+    if imb:
+        lines += [
+            "",
+            f"train imbalance: {imb['most_common']} / {imb['least_common']} = {imb['ratio']}"
+            + (f" (**warning**: >= {imb['threshold']:g})" if imb["warning"] else ""),
+        ]
+    for split, s in splits.items():
+        if s.get("target_stats"):
+            lines.append(f"\n{split} targets: " + json.dumps(s["target_stats"]))
     return "\n".join(lines)
 
 

@@ -52,3 +52,12 @@ def fold_split(
     val = parts[fold]
     train = sorted(i for k, p in enumerate(parts) if k != fold for i in p)
     return train, val
+
+
+def quantile_bins(values: Sequence[float], bins: int) -> list[int]:
+    """Each value's quantile bin (0..bins-1, by rank): strata for splitting regression targets."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0] * len(values)
+    for rank, i in enumerate(order):
+        out[i] = rank * bins // max(len(values), 1)
+    return out

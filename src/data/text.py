@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from src.data.preflight import check_data_file, delimiter_hint, reader_options
+from src.data.preflight import check_data_file, delimiter_hint, read_headerless, reader_options
 from src.data.report import MAX_LISTED, build_report, length_summary, warn_about
 from src.data.resumable import resumable_train_loader
 from src.errors import DataError
@@ -23,19 +23,34 @@ from src.errors import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# How files are read unless data.header / data.column_names / data.quoting say otherwise.
+DEFAULT_READ = {"quoting": None, "header": True, "column_names": None}
 
 
-def load_local_split(path: str, cache_dir: str, delimiter: str | None = None) -> Any:
-    """One local file as a `datasets.Dataset`, with a clear error for a bad path or format."""
-    from datasets import load_dataset
+def load_local_split(
+    path: str,
+    cache_dir: str,
+    delimiter: str | None = None,
+    quoting: str | None = None,
+    header: bool = True,
+    column_names: list[str] | None = None,
+) -> Any:
+    """One local file as a `datasets.Dataset`, with a clear error for a bad path or format.
+
+    `header=False`: a csv / tsv without a header line, its columns named `column_names` (fields
+    beyond them on some rows are ignored), read with pandas."""
+    from datasets import Dataset, load_dataset
 
     file = check_data_file(path, "data file")
-    builder, options = reader_options(file, delimiter)
+    builder, options = reader_options(file, delimiter, quoting)
     suffix = file.suffix.lower()
-    if not _has_rows(file, header=builder == "csv"):
+    if not _has_rows(file, header=builder == "csv" and header):
         raise DataError(
             f"{file} has no examples (empty{', or a header line only' if builder == 'csv' else ''})"
         )
+    if not header:
+        frame = read_headerless(file, delimiter, quoting, column_names)
+        return Dataset.from_pandas(frame, preserve_index=False)
     try:
         return load_dataset(
             builder, data_files={"data": str(file)}, split="data", cache_dir=cache_dir, **options
@@ -121,10 +136,15 @@ class TextDataModule(L.LightningDataModule):
         text_pair_column: str | None = None,
         label_column: str = "label",
         label_names: list[str] | None = None,
+        label_columns: list[str] | None = None,
+        task_type: str = "multiclass",
         val_fraction: float = 0.1,
         test_fraction: float | None = None,
         strip_html: bool = False,
         delimiter: str | None = None,
+        header: bool = True,
+        column_names: list[str] | None = None,
+        quoting: str | None = None,
         limit_train: int | None = None,
         max_length: int = 128,
         batch_size: int = 32,
@@ -140,9 +160,18 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = processor
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.hub = dict(hub) if hub else None
-        self.text_columns = [c for c in (text_column, text_pair_column) if c]
-        self.label_column = label_column
+        self.text_columns = [str(c) for c in (text_column, text_pair_column) if c is not None]
+        self.label_column = str(label_column)
         self.label_names = list(label_names) if label_names else None
+        # multiclass: a class per example; multilabel: a label set (or one 0/1 column per label
+        # in `label_columns`); regression: a number (or one per column in `label_columns`)
+        self.task_type = task_type
+        self.label_columns = [str(c) for c in label_columns] if label_columns else None
+        self.read = {
+            "quoting": quoting,
+            "header": header is not False,
+            "column_names": list(column_names) if column_names else None,
+        }
         self.val_fraction = val_fraction
         # Without a test file, this fraction of train is held out as the test split (null: the
         # val split is also reported as test, with a warning).
@@ -173,7 +202,7 @@ class TextDataModule(L.LightningDataModule):
         if train_file and Path(train_file).expanduser().is_file():
             datasets_cache = str(Path(self.cache_dir).parent / "datasets")
             return {
-                s: load_local_split(f, datasets_cache, self.delimiter)
+                s: load_local_split(f, datasets_cache, self.delimiter, **self.read)
                 for s, f in self.files.items()
                 if f
             }
@@ -199,7 +228,7 @@ class TextDataModule(L.LightningDataModule):
         return {s: raw[hub[f"{s}_split"]] for s in SPLITS if hub.get(f"{s}_split")}
 
     def _check_columns(self, split: str, ds: Any) -> None:
-        for col in [*self.text_columns, self.label_column]:
+        for col in [*self.text_columns, *(self.label_columns or [self.label_column])]:
             if col not in ds.column_names:
                 raise DataError(
                     f"column {col!r} not in the {split} data; columns found: "
@@ -211,16 +240,55 @@ class TextDataModule(L.LightningDataModule):
         a val / test label outside them is an error naming the label, the file and the row."""
         from src.data.labels import encoder_from_train
 
-        col = self.label_column
-        values = {s: column_values(ds, col) for s, ds in raw.items()}
-        encoder = encoder_from_train(values["train"], self.label_names, self.files["train"], col)
-        self.label_names = encoder.names
+        if self.task_type != "multiclass":
+            encoded = self._encode_other_labels(raw)
+        else:
+            col = self.label_column
+            values = {s: column_values(ds, col) for s, ds in raw.items()}
+            encoder = encoder_from_train(
+                values["train"], self.label_names, self.files["train"], col
+            )
+            self.label_names = encoder.names
+            encoded = {s: encoder.encode(s, values[s], self.files.get(s), col) for s in raw}
         return {
             s: ds.remove_columns([c for c in ("labels",) if c in ds.column_names]).add_column(
-                "labels", encoder.encode(s, values[s], self.files.get(s), col)
+                "labels", encoded[s]
             )
             for s, ds in raw.items()
         }
+
+    def _encode_other_labels(self, raw: dict[str, Any]) -> dict[str, list]:
+        """Multi-label 0/1 vectors or regression targets of every split (src/data/labels.py)."""
+        from src.data import labels
+
+        files = self.files
+        if self.task_type == "regression":
+            cols = self.label_columns or [self.label_column]
+            self.label_names = list(self.label_names or cols)
+            if len(self.label_names) != len(cols):
+                raise DataError(
+                    f"data.label_names has {len(self.label_names)} names for {len(cols)} "
+                    f"regression targets {cols}"
+                )
+            return {
+                s: labels.encode_targets(s, _columns(ds, cols), files.get(s))
+                for s, ds in raw.items()
+            }
+        if self.task_type != "multilabel":
+            raise DataError(f"task.type={self.task_type!r}: no label encoding for it")
+        if self.label_columns:
+            self.label_names = list(self.label_columns)
+            return {
+                s: labels.encode_indicator_columns(
+                    s, _columns(ds, self.label_columns), files.get(s)
+                )
+                for s, ds in raw.items()
+            }
+        col = self.label_column
+        values = {s: column_values(ds, col) for s, ds in raw.items()}
+        encoder = labels.multilabel_encoder(values["train"], self.label_names, files["train"], col)
+        self.label_names = encoder.names
+        return {s: labels.encode_label_sets(encoder, s, values[s], files.get(s), col) for s in raw}
 
     def _cache_key(self) -> str:
         tok = self.tokenizer
@@ -237,6 +305,10 @@ class TextDataModule(L.LightningDataModule):
             # the train split, test carved with test_fraction, HTML counted
             "version": 3,
         }
+        # multiclass with the default reading: the key of earlier versions (caches stay valid)
+        if self.task_type != "multiclass" or self.read != DEFAULT_READ:
+            spec["labels"] = [self.task_type, self.label_columns]
+            spec["read_file"] = self.read
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
     def setup(self, stage: str | None = None) -> None:
@@ -353,6 +425,7 @@ class TextDataModule(L.LightningDataModule):
             key_lists["test"] = key_lists["val"]
         return build_report(
             labels={s: _columns(ds, ["labels"])["labels"] for s, ds in raw.items()},
+            task_type=self.task_type,
             keys=key_lists,
             label_names=self.label_names,
             dropped=dropped,
@@ -372,13 +445,16 @@ class TextDataModule(L.LightningDataModule):
         there is no test file), then val (`val_fraction` of the rest) or the CV fold."""
         from datasets import ClassLabel
 
-        from src.data.splits import fold_split
+        from src.data.splits import fold_split, stratified_split
 
         train = raw["train"]
         if self.limit_train is not None and self.limit_train < len(train):
             train = train.shuffle(seed=self.seed).select(range(self.limit_train))
 
         def carve(ds: Any, fraction: float) -> tuple[Any, Any]:
+            if self.task_type != "multiclass":  # seeded, stratified on split_targets
+                keep, held = stratified_split(self._split_targets(ds), fraction, self.seed)
+                return ds.select(keep), ds.select(held)
             ds = ds.cast_column("labels", ClassLabel(names=self.label_names))
             parts = ds.train_test_split(
                 test_size=fraction, seed=self.seed, stratify_by_column="labels"
@@ -391,7 +467,7 @@ class TextDataModule(L.LightningDataModule):
             # Cross-validation folds the training data; a val file becomes the test split
             # (when there is no test file), so every fold is tested on the same held-out data.
             train_idx, val_idx = fold_split(
-                column_values(train, "labels"), self.folds, self.fold, self.seed
+                self._split_targets(train), self.folds, self.fold, self.seed
             )
             if "val" in raw:
                 raw.setdefault("test", raw["val"])
@@ -408,6 +484,18 @@ class TextDataModule(L.LightningDataModule):
             )
             raw["test"] = raw["val"]
         return raw
+
+    def _split_targets(self, ds: Any) -> list[Any]:
+        """What held-out splits and folds are stratified on: the class (multiclass), the
+        quintile of the first target (regression), nothing (multi-label: a seeded random split)."""
+        from src.data.splits import quantile_bins
+
+        labels = column_values(ds, "labels")
+        if self.task_type == "multiclass":
+            return labels
+        if self.task_type == "regression":
+            return quantile_bins([t[0] if isinstance(t, list) else t for t in labels], 5)
+        return [0] * len(labels)
 
     def _tokenize(self, ds: Any) -> Any:
         """Token ids truncated to max_length, their `length`, and `n_tokens` (untruncated)."""

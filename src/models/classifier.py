@@ -1,4 +1,5 @@
-"""One LightningModule for every modality: a network with layer groups, a loss, torchmetrics."""
+"""One LightningModule for every modality and task type: a network with layer groups, and the
+task object (src/tasks) for the loss, the metrics and what a prediction is."""
 
 from __future__ import annotations
 
@@ -8,36 +9,20 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.optim import Optimizer
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torchmetrics import MaxMetric, MeanMetric
 
 from src.models.networks import Network
 from src.optim import build_scheduler, discriminative_param_groups
+from src.tasks import build_task
+from src.tasks.objectives import Task, classification_metrics
 
-
-def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """acc (micro), precision / recall / F1 (macro over classes)."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "precision": MulticlassPrecision(num_classes, average="macro"),
-            "recall": MulticlassRecall(num_classes, average="macro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        },
-        prefix=prefix,
-    )
+__all__ = ["Classifier", "classification_metrics"]
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy fine-tuning of `network`; logs `train/loss`, `val/*`, `test/*`."""
+    """Fine-tuning of `network` for `task` (multiclass cross-entropy when none is given: the
+    config's task.type decides); logs `train/loss`, `val/*`, `test/*`."""
 
     def __init__(
         self,
@@ -49,31 +34,27 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         class_weights: Sequence[float] | None = None,
         config: dict[str, Any] | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__()
         # `config` is the whole resolved run config: eval/predict rebuild the run from it.
-        self.save_hyperparameters(ignore=["network", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["network", "optimizer", "task"], logger=False)
         self.network = network
         self.optimizer_factory = optimizer
-        num_classes = len(label_names)
-        weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
-        self.register_buffer("class_weights", weights, persistent=False)
-        self.val_metrics = classification_metrics(num_classes, "val/")
-        self.test_metrics = classification_metrics(num_classes, "test/")
+        if task is None:
+            task = build_task(config, label_names, label_smoothing, class_weights)
+        self.task = task
+        self.val_metrics = task.metrics("val/")
+        self.test_metrics = task.metrics("test/")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_acc_best = MaxMetric()
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_best = MaxMetric()  # of val/<task.spec.best>, logged as val/<best>_best
+        self.test_confusion = task.confusion_metric()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.network(batch)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            logits.float(),
-            labels,
-            weight=self.class_weights,
-            label_smoothing=self.hparams.label_smoothing,
-        )
+        return self.task.loss(logits, labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch), batch["labels"])
@@ -83,35 +64,37 @@ class Classifier(L.LightningModule):
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics, mean_loss) -> torch.Tensor:
         logits = self(batch)
         labels = batch["labels"]
-        mean_loss.update(self._loss(logits, labels), weight=labels.numel())
-        preds = logits.argmax(dim=-1)
-        metrics.update(preds, labels)
-        return preds
+        mean_loss.update(self._loss(logits, labels), weight=len(labels))
+        return self.task.update(metrics, logits, labels)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
+        # multi-label: the decision thresholds are tuned on these outputs (and checkpointed)
+        values = self.task.compute(self.val_metrics, "val/", tune=True)
         values["val/loss"] = self.val_loss.compute()
-        self.val_acc_best.update(values["val/acc"])
-        values["val/acc_best"] = self.val_acc_best.compute()
+        best = f"val/{self.task.spec.best}"
+        self.val_best.update(values[best])
+        values[f"{best}_best"] = self.val_best.compute()
         self.log_dict(values, prog_bar=False, sync_dist=False)
         self.val_metrics.reset()
         self.val_loss.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         preds = self._eval_step(batch, self.test_metrics, self.test_loss)
-        self.test_confusion.update(preds, batch["labels"])
+        if self.test_confusion is not None:
+            self.test_confusion.update(preds, batch["labels"])
 
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
+        values = self.task.compute(self.test_metrics, "test/")
         values["test/loss"] = self.test_loss.compute()
         self.log_dict(values)
-        self.confusion_matrix = self.test_confusion.compute().cpu()
         self.test_metrics.reset()
         self.test_loss.reset()
-        self.test_confusion.reset()
+        if self.test_confusion is not None:
+            self.confusion_matrix = self.test_confusion.compute().cpu()
+            self.test_confusion.reset()
 
     def _grad_scaler(self) -> Any:
         return getattr(self.trainer.precision_plugin, "scaler", None)

@@ -1,0 +1,482 @@
+"""Task types (src/tasks): multiclass, multi-label and regression losses, metrics against
+hand-computed values, threshold tuning, label reading, bad input, and tiny runs through the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from src.data.labels import (
+    encode_indicator_columns,
+    encode_label_sets,
+    encode_targets,
+    multilabel_encoder,
+    parse_label_set,
+)
+from src.errors import ConfigError, DataError
+from src.tasks import SPECS, build_task, check_task_config, metric_keys
+from src.tasks.objectives import (
+    EpochOutputs,
+    multilabel_scores,
+    regression_scores,
+    tune_thresholds,
+)
+from tests.conftest import FILLER, NEGATIVE, POSITIVE, QUIET, read_metrics, run_cli
+
+
+def config(**task: object) -> dict:
+    return {"task": {"name": "t", **task}, "loss": {}}
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_metric_keys_of_each_type_and_the_multiclass_contract() -> None:
+    from src.checks import MONITORED
+    from src.run import TEST_KEYS, VAL_KEYS
+
+    assert metric_keys({}, "val") == VAL_KEYS  # no task.type: multiclass, the run contract
+    assert metric_keys(config(type="multiclass"), "test") == TEST_KEYS
+    assert SPECS["multiclass"].monitored == tuple(sorted(MONITORED))
+    assert metric_keys(config(type="multilabel"), "test") == (
+        "test/loss",
+        "test/f1_macro",
+        "test/f1_micro",
+        "test/map",
+    )
+    assert metric_keys(config(type="regression"), "val") == (
+        "val/loss",
+        "val/rmse",
+        "val/mae",
+        "val/r2",
+        "val/pearson",
+        "val/spearman",
+    )
+    with pytest.raises(ConfigError, match="task.type='ranking' is invalid"):
+        metric_keys(config(type="ranking"), "val")
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_multiclass_loss_is_todays_cross_entropy() -> None:
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    task = build_task(config(), ["a", "b", "c"], label_smoothing=0.1, class_weights=[1, 2, 3])
+    expected = F.cross_entropy(
+        logits, labels, weight=torch.tensor([1.0, 2.0, 3.0]), label_smoothing=0.1
+    )
+    assert torch.allclose(task.loss(logits, labels), expected)
+    assert task.state_dict() == {}  # nothing new in multiclass checkpoints
+
+
+def test_multilabel_loss_is_bce_with_optional_pos_weight() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    plain = build_task(config(type="multilabel"), ["x", "y"])
+    # by hand: mean over the 4 cells of -[y log s(z) + (1-y) log(1-s(z))]
+    s = torch.sigmoid(logits)
+    by_hand = -(labels * s.log() + (1 - labels) * (1 - s).log()).mean()
+    assert plain.loss(logits, labels).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    weighted = build_task(config(type="multilabel"), ["x", "y"], pos_weight=[3.0, 1.0])
+    by_hand = -(torch.tensor([3.0, 1.0]) * labels * s.log() + (1 - labels) * (1 - s).log()).mean()
+    assert weighted.loss(logits, labels).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert set(plain.state_dict()) == {"thresholds", "global_threshold"}
+
+
+def test_regression_loss_mse_huber_and_standardisation() -> None:
+    logits = torch.tensor([[0.5], [-1.0], [2.0]])
+    labels = torch.tensor([1.0, 2.0, 3.0])
+    mse = build_task(config(type="regression"), ["score"])
+    assert mse.loss(logits, labels).item() == pytest.approx(((0.5**2) + 9 + 1) / 3)
+    huber = build_task({**config(type="regression"), "loss": {"huber_delta": 1.0}}, ["score"])
+    # |e| = 0.5 (quadratic: 0.125), 3 (linear: 2.5), 1 (edge: 0.5)
+    assert huber.loss(logits, labels).item() == pytest.approx((0.125 + 2.5 + 0.5) / 3)
+    stats = {"mean": [2.0], "std": [0.5]}
+    std = build_task(config(type="regression", standardize=True), ["score"], target_stats=stats)
+    # the network's output is a z-score: target 3.0 is z = 2, so logit 2.0 has no loss
+    assert std.loss(torch.tensor([[2.0]]), torch.tensor([3.0])).item() == pytest.approx(0.0)
+    assert std.postprocess(torch.tensor([[2.0], [-1.0]]))["preds"].flatten().tolist() == [
+        3.0,
+        1.5,
+    ]
+
+
+# --------------------------------------------------------------------------- metrics by hand
+
+
+def test_multilabel_metrics_against_hand_computed_values() -> None:
+    probs = torch.tensor([[0.9, 0.2, 0.6], [0.1, 0.8, 0.4], [0.7, 0.3, 0.2]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    scores = multilabel_scores(probs, targets, torch.full((3,), 0.5))
+    # at 0.5: label 0 tp1 fp1 -> 2/3; label 1 tp1 -> 1; label 2 tp1 fn1 -> 2/3
+    assert scores["f1_per_label"].tolist() == pytest.approx([2 / 3, 1.0, 2 / 3])
+    assert scores["f1_macro"].item() == pytest.approx(7 / 9)
+    assert scores["f1_micro"].item() == pytest.approx(6 / 8)  # tp 3, fp 1, fn 1
+    # AP: labels 0 and 1 rank their positive first (1.0); label 2: pos, neg, pos -> (1 + 2/3) / 2
+    assert scores["map"].item() == pytest.approx((1 + 1 + 5 / 6) / 3)
+    # per-label thresholds are applied per column: 0.15 for label 2 catches its second positive
+    per_label = multilabel_scores(probs, targets, torch.tensor([0.5, 0.5, 0.15]))
+    assert per_label["f1_per_label"][2].item() == pytest.approx(2 * 2 / (2 * 2 + 1))
+
+
+def test_regression_metrics_against_hand_computed_values() -> None:
+    preds = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    targets = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    s = regression_scores(preds, targets)
+    assert s["rmse"].item() == pytest.approx(0.5)  # one error of 1 in 4
+    assert s["mae"].item() == pytest.approx(0.25)
+    assert s["r2"].item() == pytest.approx(1 - 1 / 8.75)  # SS_tot about the mean 2.75
+    pearson = torch.corrcoef(torch.stack([preds, targets]))[
+        0, 1
+    ].item()  # 0.9827: a perfect rank order, not a perfect line
+    assert s["pearson"].item() == pytest.approx(pearson, rel=1e-5)
+    assert s["spearman"].item() == pytest.approx(1.0)
+    flat = regression_scores(torch.ones(4), targets)  # constant predictions: no correlation
+    assert flat["pearson"].item() == 0.0
+
+
+def test_epoch_metrics_through_the_task_objects() -> None:
+    task = build_task(config(type="regression"), ["score"])
+    metrics = task.metrics("val/")
+    assert isinstance(metrics, EpochOutputs)
+    task.update(metrics, torch.tensor([[1.0], [2.0]]), torch.tensor([1.0, 2.0]))
+    task.update(metrics, torch.tensor([[3.0], [4.0]]), torch.tensor([3.0, 5.0]))
+    values = task.compute(metrics, "val/")
+    assert set(values) == {f"val/{m}" for m in SPECS["regression"].metrics}
+    assert values["val/rmse"].item() == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def test_thresholds_are_tuned_per_label_and_globally() -> None:
+    # 100 examples, label 0 positive on the first 30, label 1 on the last 40; negatives spread
+    # evenly below 0.29 (label 0) and 0.74 (label 1), positives above: each label's only
+    # perfect grid threshold is 0.3 and 0.75.
+    targets = torch.zeros(100, 2)
+    targets[:30, 0], targets[60:, 1] = 1, 1
+    probs = torch.empty(100, 2)
+    probs[:30, 0], probs[30:, 0] = torch.linspace(0.31, 0.6, 30), torch.linspace(0.0, 0.29, 70)
+    probs[60:, 1], probs[:60, 1] = torch.linspace(0.76, 0.99, 40), torch.linspace(0.0, 0.74, 60)
+    best_global, per_label = tune_thresholds(probs, targets)
+    assert per_label.tolist() == pytest.approx([0.3, 0.75])
+    assert 0.3 <= best_global <= 0.75
+    # a label with too few positives keeps the global threshold
+    rare = targets.clone()
+    rare[:, 1] = 0
+    rare[:2, 1] = 1
+    best_global, per_label = tune_thresholds(probs, rare)
+    assert per_label[1].item() == pytest.approx(best_global)
+
+
+def test_validation_tunes_the_checkpointed_thresholds_and_test_uses_them() -> None:
+    task = build_task(config(type="multilabel"), ["x", "y"])
+    val = task.metrics("val/")
+    logits = torch.logit(torch.tensor([[0.35, 0.9], [0.1, 0.8], [0.32, 0.2], [0.05, 0.75]]))
+    labels = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    task.update(val, logits, labels)
+    values = task.compute(val, "val/", tune=True)
+    assert values["val/f1_macro"].item() == pytest.approx(1.0)  # 0.5 would miss label x
+    assert float(task.global_threshold) <= 0.3
+    test = task.metrics("test/")
+    task.update(test, logits, labels)
+    assert task.compute(test, "test/")["test/f1_macro"].item() == pytest.approx(1.0)
+    assert "task.thresholds" not in task.state_dict()  # the task's own keys; the module prefixes
+    assert torch.equal(task.state_dict()["thresholds"], task.thresholds)
+    fixed = build_task(config(type="multilabel", thresholds=0.3), ["x", "y"])
+    fixed.update(m := fixed.metrics("val/"), logits, labels)
+    fixed.compute(m, "val/", tune=True)
+    assert fixed.thresholds.tolist() == pytest.approx([0.3, 0.3])  # a fixed value stays
+    assert fixed.postprocess(logits)["preds"][0].tolist() == [True, True]
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        (config(type="multiclass", thresholds=0.3), "task.thresholds is for task.type=multilabel"),
+        (config(type="multilabel", thresholds=1.5), "task.thresholds=1.5 is invalid"),
+        ({**config(type="regression"), "loss": {"class_weights": "balanced"}}, "class_weights"),
+        ({**config(type="multilabel"), "loss": {"pos_weight": "auto"}}, "pos_weight='auto'"),
+        ({**config(type="multiclass"), "loss": {"huber_delta": 1.0}}, "huber_delta is for"),
+        (config(type="multiclass", standardize=True), "task.standardize is for"),
+        ({**config(type="regression"), "loss": {"huber_delta": -1}}, "huber_delta=-1"),
+        (
+            {**config(type="regression"), "data": {"_target_": "x.TextDataModule"}},
+            "needs data.task_type",
+        ),
+    ],
+)
+def test_task_config_mistakes(cfg: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        check_task_config(OmegaConf.create(cfg))
+
+
+# --------------------------------------------------------------------------- label reading
+
+
+def test_label_sets_ids_names_json_and_columns() -> None:
+    assert parse_label_set("8,20") == [8, 20]
+    assert parse_label_set("[8, 20]") == [8, 20]
+    assert parse_label_set('["joy", "love"]') == ["joy", "love"]
+    assert parse_label_set("[]") == []
+    enc = multilabel_encoder(["0,2", "1"], ["joy", "love", "fear"], "f.tsv", "label")
+    assert encode_label_sets(enc, "train", ["0,2", "love", "[]"], "f.tsv", "label") == [
+        [1.0, 0.0, 1.0],
+        [0.0, 1.0, 0.0],
+        [0.0, 0.0, 0.0],
+    ]
+    with pytest.raises(DataError, match=r"label 3 at row 2 of f.tsv .* not one of the 3 labels"):
+        encode_label_sets(enc, "val", ["1", "0,3"], "f.tsv", "label")
+    with pytest.raises(DataError, match="missing labels"):
+        encode_label_sets(enc, "val", [""], "f.tsv", "label")
+    cols = {"joy": [1, 0], "love": ["1", "0"]}
+    assert encode_indicator_columns("train", cols, "f.csv") == [[1.0, 1.0], [0.0, 0.0]]
+    with pytest.raises(DataError, match=r"value 2 at row 2 of f.csv \(label column 'joy'\)"):
+        encode_indicator_columns("train", {"joy": [1, 2]}, "f.csv")
+
+
+def test_regression_targets_must_be_numbers() -> None:
+    assert encode_targets("train", {"score": ["4.2", 1, " 0.5 "]}, "f.csv") == [4.2, 1.0, 0.5]
+    assert encode_targets("train", {"a": [1, 2], "b": [3, 4]}, "f.csv") == [[1.0, 3.0], [2.0, 4.0]]
+    with pytest.raises(
+        DataError, match=r"target 'high' at row 2 of f.csv \(column 'score'\) is not a number"
+    ):
+        encode_targets("train", {"score": ["1.0", "high"]}, "f.csv")
+    with pytest.raises(DataError, match="is not a number"):
+        encode_targets("train", {"score": ["1.0", ""]}, "f.csv")
+
+
+# --------------------------------------------------------------------------- tiny runs
+
+
+def _words(rng: random.Random, pos: bool, neg: bool) -> str:
+    words = rng.sample(FILLER, 3)
+    if pos:
+        words.append(rng.choice(POSITIVE))
+    if neg:
+        words.append(rng.choice(NEGATIVE))
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def tiny_multilabel(tmp_path_factory) -> Path:
+    """text<TAB>label: label 0 when a positive word is there, 1 for a negative one, both or none."""
+    root = tmp_path_factory.mktemp("multilabel")
+    rng = random.Random(0)
+    for split, n in (("train", 160), ("test", 40)):
+        rows = ["text\tlabel"]
+        for i in range(n):
+            pos, neg = i % 4 in (0, 2), i % 4 in (1, 2)
+            labels = ",".join(str(k) for k, on in ((0, pos), (1, neg)) if on)
+            rows.append(f"{_words(rng, pos, neg)}\t{labels or '[]'}")
+        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(tmp_path_factory) -> Path:
+    """STS-style: headerless, tab-separated .csv, CRLF, stray quotes, extra columns on some rows;
+    the score counts the positive words of the pair."""
+    root = tmp_path_factory.mktemp("pairs")
+    rng = random.Random(1)
+    for split, n in (("train", 160), ("test", 40)):
+        lines = []
+        for i in range(n):
+            a, b = _words(rng, i % 2 == 0, i % 2 == 1), _words(rng, i % 3 == 0, i % 3 != 0)
+            score = 2.5 * (i % 2 == 0) + 2.5 * (i % 3 == 0)
+            extra = "\tsrc-a\tsrc-b" if i % 10 == 0 else ""
+            quote = '"' if i % 7 == 0 else ""
+            lines.append(f"main\tfile\t2012\t{i:04d}\t{score:.3f}\t{quote}{a}\t{b}{extra}")
+        (root / f"sts-{split}.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return root
+
+
+def _tiny(tiny_bert: Path) -> list[str]:
+    return [
+        "task=text_csv",
+        f"model.pretrained={tiny_bert}",
+        "data.batch_size=8",
+        "data.max_length=64",
+        "data.val_fraction=0.25",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=2",
+        "optimizer.lr=1e-3",
+        *QUIET,
+    ]
+
+
+def test_multilabel_run_writes_its_metrics_and_checkpoints_thresholds(
+    tiny_bert: Path, tiny_multilabel: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "src.train",
+        *_tiny(tiny_bert),
+        "task.type=multilabel",
+        "task.thresholds=per_label",
+        "loss.pos_weight=balanced",
+        "monitor=val/f1_macro",
+        f"data.train_file={tiny_multilabel / 'train.tsv'}",
+        f"data.test_file={tiny_multilabel / 'test.tsv'}",
+        "data.label_names=[pos,neg]",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    for key in metric_keys(config(type="multilabel"), "val") + metric_keys(
+        config(type="multilabel"), "test"
+    ):
+        assert isinstance(metrics[key], float), key
+    assert "val/acc" not in metrics and metrics["monitor"] == "val/f1_macro"
+    assert set(metrics["thresholds"]["per_label"]) == {"pos", "neg"}
+    assert set(metrics["test/f1_per_label"]) == {"pos", "neg"}
+    ckpt = torch.load(metrics["best_ckpt_path"], map_location="cpu", weights_only=True)
+    stored = ckpt["state_dict"]["task.thresholds"].tolist()
+    assert stored == pytest.approx(list(metrics["thresholds"]["per_label"].values()), abs=1e-4)
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["task_type"] == "multilabel"
+    assert report["splits"]["test"]["class_counts"] == {"pos": 20, "neg": 20}
+    assert report["splits"]["test"]["no_label"] == 10
+    # src.eval rebuilds the task from the checkpoint: same thresholds, same test metrics
+    out = tmp_path / "eval"
+    proc = run_cli("src.eval", f"ckpt_path={metrics['best_ckpt_path']}", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = read_metrics(out)
+    assert again["test/f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
+    # src.predict writes the label set (at the stored thresholds) and every probability
+    pred = tmp_path / "pred.csv"
+    proc = run_cli(
+        "src.predict",
+        f"ckpt_path={metrics['best_ckpt_path']}",
+        f"input={tiny_multilabel / 'test.tsv'}",
+        f"out={pred}",
+        f"hydra.run.dir={tmp_path / 'pred_run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import pandas as pd
+
+    frame = pd.read_csv(pred, keep_default_na=False)
+    assert list(frame.columns) == ["text", "label", "predicted", "prob_pos", "prob_neg"]
+    cut = metrics["thresholds"]["per_label"]
+    for _, row in frame.iterrows():
+        chosen = [n for n in ("pos", "neg") if row[f"prob_{n}"] >= cut[n] - 1e-6]
+        assert row["predicted"] == ",".join(chosen)
+
+
+def test_regression_run_reads_a_headerless_sts_file(
+    tiny_bert: Path, tiny_pairs: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "src.train",
+        *_tiny(tiny_bert),
+        "task.type=regression",
+        "task.standardize=true",
+        "monitor=val/pearson",
+        f"data.train_file={tiny_pairs / 'sts-train.csv'}",
+        f"data.test_file={tiny_pairs / 'sts-test.csv'}",
+        "data.delimiter=tab",
+        "data.quoting=none",
+        "data.header=false",
+        "data.column_names=[genre,file,year,id,score,sentence1,sentence2]",
+        "data.text_column=sentence1",
+        "data.text_pair_column=sentence2",
+        "data.label_column=score",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    for key in metric_keys(config(type="regression"), "test"):
+        assert isinstance(metrics[key], float), key
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["splits"]["train"]["n_examples"] + report["splits"]["val"]["n_examples"] == 160
+    assert report["splits"]["test"]["n_examples"] == 40  # the extra columns and quotes are read
+    ckpt = torch.load(metrics["best_ckpt_path"], map_location="cpu", weights_only=True)
+    mean = report["splits"]["train"]["target_stats"]["mean"][0]
+    assert ckpt["state_dict"]["task.target_mean"].item() == pytest.approx(mean)
+    # the HF export scores on the targets' scale (mean / std folded into the head)
+    out = tmp_path / "hf"
+    proc = run_cli(
+        "src.export",
+        f"ckpt_path={metrics['best_ckpt_path']}",
+        "format=hf",
+        f"out={out}",
+        f"hydra.run.dir={tmp_path / 'export_run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from src.predict import load_model
+
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert hf.config.problem_type == "regression"
+    tok = AutoTokenizer.from_pretrained(out)
+    batch = tok(["the film was good"], ["a bad plot"], return_tensors="pt")
+    model = load_model(metrics["best_ckpt_path"])
+    with torch.inference_mode():
+        exported = hf(**batch).logits
+        ours = model.module.task.postprocess(model.module(dict(batch)))["preds"]
+    assert exported.item() == pytest.approx(ours.item(), abs=1e-4)
+    assert json.loads((out / "export.json").read_text())["task_type"] == "regression"
+
+
+def test_bad_labels_are_reported_before_the_model_loads(
+    tiny_bert: Path, tiny_multilabel: Path, tiny_pairs: Path, tmp_path: Path
+) -> None:
+    proc = run_cli(
+        "src.train",
+        *_tiny(tiny_bert),
+        "task.type=multilabel",
+        f"data.train_file={tiny_multilabel / 'train.tsv'}",
+        f"data.test_file={tiny_multilabel / 'test.tsv'}",
+        "data.label_names=[pos]",  # id 1 is out of range
+        "monitor=val/f1_macro",
+        f"hydra.run.dir={tmp_path / 'a'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "label 1 at row 2 of" in proc.stderr and "not one of the 1 labels" in proc.stderr
+    proc = run_cli(
+        "src.train",
+        *_tiny(tiny_bert),
+        "task.type=regression",
+        f"data.train_file={tiny_pairs / 'sts-train.csv'}",
+        "data.delimiter=tab",
+        "data.quoting=none",
+        "data.header=false",
+        "data.text_column=5",
+        "data.label_column=1",  # the file-name column, not the score
+        "monitor=val/pearson",
+        f"hydra.run.dir={tmp_path / 'b'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "target 'file' at row 1 of" in proc.stderr and "is not a number" in proc.stderr
+    proc = run_cli(
+        "src.train",
+        *_tiny(tiny_bert),
+        f"data.train_file={tiny_multilabel / 'train.tsv'}",
+        "task.thresholds=0.3",
+        f"hydra.run.dir={tmp_path / 'c'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "task.thresholds is for task.type=multilabel" in proc.stderr
+    proc = run_cli(
+        "src.train",
+        *_tiny(tiny_bert),
+        "task.type=regression",
+        f"data.train_file={tiny_multilabel / 'train.tsv'}",
+        f"hydra.run.dir={tmp_path / 'd'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "monitor='val/acc'; valid for task.type=regression" in proc.stderr
