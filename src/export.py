@@ -98,7 +98,9 @@ def fold_target_scale(model: LoadedModel) -> None:
         bool((task.target_std == 1).all()) and bool((task.target_mean == 0).all())
     ):
         return
-    head = [m for m in model.module.network.modules() if isinstance(m, torch.nn.Linear)][-1]
+    from src.tasks.objectives import output_layer
+
+    head = output_layer(model.module.network)
     with torch.no_grad():
         head.weight.mul_(task.target_std[:, None])
         head.bias.mul_(task.target_std).add_(task.target_mean)

@@ -69,6 +69,7 @@ def build_data_and_module(cfg: DictConfig):
         config=config,
         task=task,
     )
+    task.init_head(network, train_report)  # multi-label: output bias at the label priors
     return datamodule, module
 
 

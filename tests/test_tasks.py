@@ -107,6 +107,17 @@ def test_regression_loss_mse_huber_and_standardisation() -> None:
     ]
 
 
+def test_multilabel_head_starts_at_the_label_priors() -> None:
+    network = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    task = build_task(config(type="multilabel"), ["a", "b", "c"])
+    task.init_head(network, {"n_examples": 10, "class_counts": {"a": 5, "b": 1, "c": 0}})
+    probs = torch.sigmoid(network[1].bias).tolist()
+    assert probs == pytest.approx([0.5, 0.1, 1e-4], rel=1e-3)
+    before = network[1].bias.clone()
+    build_task(config(), ["a", "b", "c"]).init_head(network, {"n_examples": 1})
+    assert torch.equal(network[1].bias, before)  # multiclass: the head as built
+
+
 # --------------------------------------------------------------------------- metrics by hand
 
 

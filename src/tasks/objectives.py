@@ -67,6 +67,10 @@ class Task(nn.Module):
     def confusion_metric(self) -> Metric | None:
         return None
 
+    def init_head(self, network: nn.Module, train: Mapping[str, Any]) -> None:
+        """Set the new output layer's starting point from the train split's report (no random
+        numbers drawn: runs stay reproducible)."""
+
     def postprocess(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """What a prediction is: `preds` (and `probs` for the classification types)."""
         raise NotImplementedError
@@ -92,6 +96,11 @@ class EpochOutputs(Metric):
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         return dim_zero_cat(self.outputs), dim_zero_cat(self.targets)
+
+
+def output_layer(network: nn.Module) -> nn.Linear | None:
+    """The network's last Linear layer (the head's output layer)."""
+    return next((m for m in reversed(list(network.modules())) if isinstance(m, nn.Linear)), None)
 
 
 # --------------------------------------------------------------------------- multiclass
@@ -237,6 +246,19 @@ class Multilabel(Task):
         self.register_buffer("thresholds", torch.full((len(self.label_names),), start))
         self.register_buffer("global_threshold", torch.tensor(start))
         self.test_f1_per_label: dict[str, float] = {}
+
+    def init_head(self, network: nn.Module, train: Mapping[str, Any]) -> None:
+        """Output bias = logit of each label's train frequency: the sigmoid starts at the priors,
+        so the first steps learn from the text instead of the label frequencies (with a pooled
+        output that barely varies between inputs at the start, as MiniLM's, they otherwise end
+        at the priors and stay there)."""
+        head = output_layer(network)
+        counts, n = list(train["class_counts"].values()), max(int(train["n_examples"]), 1)
+        if head is None or head.bias is None or len(counts) != head.bias.numel():
+            return
+        prior = torch.tensor(counts, dtype=torch.float).div(n).clamp(1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            head.bias.copy_(torch.logit(prior).to(head.bias))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(
