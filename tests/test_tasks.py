@@ -1,11 +1,8 @@
 """Task types (src/tasks): multiclass, multi-label and regression losses, metrics against
-hand-computed values, threshold tuning, label reading, bad input, and tiny runs through the CLI."""
+hand-computed values, threshold tuning, label reading, bad input and what TensorBoard shows.
+Tiny runs through the CLI: tests/test_task_runs.py."""
 
 from __future__ import annotations
-
-import json
-import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +24,6 @@ from src.tasks.objectives import (
     regression_scores,
     tune_thresholds,
 )
-from tests.conftest import FILLER, NEGATIVE, POSITIVE, QUIET, read_metrics, run_cli
 
 
 def config(**task: object) -> dict:
@@ -266,228 +262,28 @@ def test_regression_targets_must_be_numbers() -> None:
         encode_targets("train", {"score": ["1.0", ""]}, "f.csv")
 
 
-# --------------------------------------------------------------------------- tiny runs
+# --------------------------------------------------------------------------- TensorBoard
 
 
-def _words(rng: random.Random, pos: bool, neg: bool) -> str:
-    words = rng.sample(FILLER, 3)
-    if pos:
-        words.append(rng.choice(POSITIVE))
-    if neg:
-        words.append(rng.choice(NEGATIVE))
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-@pytest.fixture(scope="module")
-def tiny_multilabel(tmp_path_factory) -> Path:
-    """text<TAB>label: label 0 when a positive word is there, 1 for a negative one, both or none."""
-    root = tmp_path_factory.mktemp("multilabel")
-    rng = random.Random(0)
-    for split, n in (("train", 160), ("test", 40)):
-        rows = ["text\tlabel"]
-        for i in range(n):
-            pos, neg = i % 4 in (0, 2), i % 4 in (1, 2)
-            labels = ",".join(str(k) for k, on in ((0, pos), (1, neg)) if on)
-            rows.append(f"{_words(rng, pos, neg)}\t{labels or '[]'}")
-        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_pairs(tmp_path_factory) -> Path:
-    """STS-style: headerless, tab-separated .csv, CRLF, stray quotes, extra columns on some rows;
-    the score counts the positive words of the pair."""
-    root = tmp_path_factory.mktemp("pairs")
-    rng = random.Random(1)
-    for split, n in (("train", 160), ("test", 40)):
-        lines = []
-        for i in range(n):
-            a, b = _words(rng, i % 2 == 0, i % 2 == 1), _words(rng, i % 3 == 0, i % 3 != 0)
-            score = 2.5 * (i % 2 == 0) + 2.5 * (i % 3 == 0)
-            extra = "\tsrc-a\tsrc-b" if i % 10 == 0 else ""
-            quote = '"' if i % 7 == 0 else ""
-            lines.append(f"main\tfile\t2012\t{i:04d}\t{score:.3f}\t{quote}{a}\t{b}{extra}")
-        (root / f"sts-{split}.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
-    return root
-
-
-def _tiny(tiny_bert: Path) -> list[str]:
-    return [
-        "task=text_csv",
-        f"model.pretrained={tiny_bert}",
-        "data.batch_size=8",
-        "data.max_length=64",
-        "data.val_fraction=0.25",
-        "trainer.precision=32-true",
-        "trainer.max_epochs=2",
-        "optimizer.lr=1e-3",
-        *QUIET,
-    ]
-
-
-def test_multilabel_run_writes_its_metrics_and_checkpoints_thresholds(
-    tiny_bert: Path, tiny_multilabel: Path, tmp_path: Path
-) -> None:
-    run_dir = tmp_path / "run"
-    proc = run_cli(
-        "src.train",
-        *_tiny(tiny_bert),
-        "task.type=multilabel",
-        "task.thresholds=per_label",
-        "loss.pos_weight=balanced",
-        "monitor=val/f1_macro",
-        f"data.train_file={tiny_multilabel / 'train.tsv'}",
-        f"data.test_file={tiny_multilabel / 'test.tsv'}",
-        "data.label_names=[pos,neg]",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={run_dir}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = read_metrics(run_dir)
-    for key in metric_keys(config(type="multilabel"), "val") + metric_keys(
-        config(type="multilabel"), "test"
-    ):
-        assert isinstance(metrics[key], float), key
-    assert "val/acc" not in metrics and metrics["monitor"] == "val/f1_macro"
-    assert set(metrics["thresholds"]["per_label"]) == {"pos", "neg"}
-    assert set(metrics["test/f1_per_label"]) == {"pos", "neg"}
-    ckpt = torch.load(metrics["best_ckpt_path"], map_location="cpu", weights_only=True)
-    stored = ckpt["state_dict"]["task.thresholds"].tolist()
-    assert stored == pytest.approx(list(metrics["thresholds"]["per_label"].values()), abs=1e-4)
-    report = json.loads((run_dir / "data_report.json").read_text())
-    assert report["task_type"] == "multilabel"
-    assert report["splits"]["test"]["class_counts"] == {"pos": 20, "neg": 20}
-    assert report["splits"]["test"]["no_label"] == 10
-    # src.eval rebuilds the task from the checkpoint: same thresholds, same test metrics
-    out = tmp_path / "eval"
-    proc = run_cli("src.eval", f"ckpt_path={metrics['best_ckpt_path']}", f"hydra.run.dir={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = read_metrics(out)
-    assert again["test/f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
-    # src.predict writes the label set (at the stored thresholds) and every probability
-    pred = tmp_path / "pred.csv"
-    proc = run_cli(
-        "src.predict",
-        f"ckpt_path={metrics['best_ckpt_path']}",
-        f"input={tiny_multilabel / 'test.tsv'}",
-        f"out={pred}",
-        f"hydra.run.dir={tmp_path / 'pred_run'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import pandas as pd
-
-    frame = pd.read_csv(pred, keep_default_na=False)
-    assert list(frame.columns) == ["text", "label", "predicted", "prob_pos", "prob_neg"]
-    cut = metrics["thresholds"]["per_label"]
-    for _, row in frame.iterrows():
-        chosen = [n for n in ("pos", "neg") if row[f"prob_{n}"] >= cut[n] - 1e-6]
-        assert row["predicted"] == ",".join(chosen)
-
-
-def test_regression_run_reads_a_headerless_sts_file(
-    tiny_bert: Path, tiny_pairs: Path, tmp_path: Path
-) -> None:
-    run_dir = tmp_path / "run"
-    proc = run_cli(
-        "src.train",
-        *_tiny(tiny_bert),
-        "task.type=regression",
-        "task.standardize=true",
-        "monitor=val/pearson",
-        f"data.train_file={tiny_pairs / 'sts-train.csv'}",
-        f"data.test_file={tiny_pairs / 'sts-test.csv'}",
-        "data.delimiter=tab",
-        "data.quoting=none",
-        "data.header=false",
-        "data.column_names=[genre,file,year,id,score,sentence1,sentence2]",
-        "data.text_column=sentence1",
-        "data.text_pair_column=sentence2",
-        "data.label_column=score",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={run_dir}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = read_metrics(run_dir)
-    for key in metric_keys(config(type="regression"), "test"):
-        assert isinstance(metrics[key], float), key
-    report = json.loads((run_dir / "data_report.json").read_text())
-    assert report["splits"]["train"]["n_examples"] + report["splits"]["val"]["n_examples"] == 160
-    assert report["splits"]["test"]["n_examples"] == 40  # the extra columns and quotes are read
-    ckpt = torch.load(metrics["best_ckpt_path"], map_location="cpu", weights_only=True)
-    mean = report["splits"]["train"]["target_stats"]["mean"][0]
-    assert ckpt["state_dict"]["task.target_mean"].item() == pytest.approx(mean)
-    # the HF export scores on the targets' scale (mean / std folded into the head)
-    out = tmp_path / "hf"
-    proc = run_cli(
-        "src.export",
-        f"ckpt_path={metrics['best_ckpt_path']}",
-        "format=hf",
-        f"out={out}",
-        f"hydra.run.dir={tmp_path / 'export_run'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from src.predict import load_model
-
-    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert hf.config.problem_type == "regression"
-    tok = AutoTokenizer.from_pretrained(out)
-    batch = tok(["the film was good"], ["a bad plot"], return_tensors="pt")
-    model = load_model(metrics["best_ckpt_path"])
-    with torch.inference_mode():
-        exported = hf(**batch).logits
-        ours = model.module.task.postprocess(model.module(dict(batch)))["preds"]
-    assert exported.item() == pytest.approx(ours.item(), abs=1e-4)
-    assert json.loads((out / "export.json").read_text())["task_type"] == "regression"
-
-
-def test_bad_labels_are_reported_before_the_model_loads(
-    tiny_bert: Path, tiny_multilabel: Path, tiny_pairs: Path, tmp_path: Path
-) -> None:
-    proc = run_cli(
-        "src.train",
-        *_tiny(tiny_bert),
-        "task.type=multilabel",
-        f"data.train_file={tiny_multilabel / 'train.tsv'}",
-        f"data.test_file={tiny_multilabel / 'test.tsv'}",
-        "data.label_names=[pos]",  # id 1 is out of range
-        "monitor=val/f1_macro",
-        f"hydra.run.dir={tmp_path / 'a'}",
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "label 1 at row 2 of" in proc.stderr and "not one of the 1 labels" in proc.stderr
-    proc = run_cli(
-        "src.train",
-        *_tiny(tiny_bert),
-        "task.type=regression",
-        f"data.train_file={tiny_pairs / 'sts-train.csv'}",
-        "data.delimiter=tab",
-        "data.quoting=none",
-        "data.header=false",
-        "data.text_column=5",
-        "data.label_column=1",  # the file-name column, not the score
-        "monitor=val/pearson",
-        f"hydra.run.dir={tmp_path / 'b'}",
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "target 'file' at row 1 of" in proc.stderr and "is not a number" in proc.stderr
-    proc = run_cli(
-        "src.train",
-        *_tiny(tiny_bert),
-        f"data.train_file={tiny_multilabel / 'train.tsv'}",
-        "task.thresholds=0.3",
-        f"hydra.run.dir={tmp_path / 'c'}",
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "task.thresholds is for task.type=multilabel" in proc.stderr
-    proc = run_cli(
-        "src.train",
-        *_tiny(tiny_bert),
-        "task.type=regression",
-        f"data.train_file={tiny_multilabel / 'train.tsv'}",
-        f"hydra.run.dir={tmp_path / 'd'}",
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "monitor='val/acc'; valid for task.type=regression" in proc.stderr
+def test_regression_shows_predictions_against_targets() -> None:
+    """One scatter panel per output (the y = x line beside the points); the classification
+    types show nothing here (the multiclass confusion matrix is logged after the test)."""
+    task = build_task(config(type="regression"), ["score", "other"])
+    metrics = task.metrics("test/")
+    logits = torch.tensor([[0.0, 1.0], [1.0, 3.0], [2.0, 2.0], [3.0, 5.0]])
+    task.update(metrics, logits, logits + 0.5)
+    metrics.compute()
+    figures = task.figures(metrics, "test/")
+    assert list(figures) == ["test/pred_vs_target"]
+    panels = [ax for ax in figures["test/pred_vs_target"].axes if ax.get_visible()]
+    assert len(panels) == 2
+    points = panels[0].collections[0].get_offsets()
+    assert points.tolist() == [[0.5, 0.0], [1.5, 1.0], [2.5, 2.0], [3.5, 3.0]]  # (target, pred)
+    assert panels[1].get_xlabel() == "target (other)" and "pearson=" in panels[1].get_title()
+    for name in ("multiclass", "multilabel"):
+        other = build_task(config(type=name), ["a", "b"])
+        outputs = other.metrics("val/")
+        other.update(
+            outputs, logits, torch.tensor([0, 1, 1, 0]) if name == "multiclass" else logits
+        )
+        assert other.figures(outputs, "val/") == {}

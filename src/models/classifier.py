@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 
@@ -78,6 +79,7 @@ class Classifier(L.LightningModule):
         self.val_best.update(values[best])
         values[f"{best}_best"] = self.val_best.compute()
         self.log_dict(values, prog_bar=False, sync_dist=False)
+        self._log_figures(self.val_metrics, "val/")
         self.val_metrics.reset()
         self.val_loss.reset()
 
@@ -90,11 +92,25 @@ class Classifier(L.LightningModule):
         values = self.task.compute(self.test_metrics, "test/")
         values["test/loss"] = self.test_loss.compute()
         self.log_dict(values)
+        self._log_figures(self.test_metrics, "test/")
         self.test_metrics.reset()
         self.test_loss.reset()
         if self.test_confusion is not None:
             self.confusion_matrix = self.test_confusion.compute().cpu()
             self.test_confusion.reset()
+
+    def _log_figures(self, metrics: Any, prefix: str) -> None:
+        """The task's figures of this epoch (regression: predictions vs targets) as TensorBoard
+        images. Called after the task computed `metrics` (cached: no second sync across ranks)."""
+        writers = [lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        import matplotlib.pyplot as plt
+
+        for tag, figure in self.task.figures(metrics, prefix).items():
+            for writer in writers:
+                writer.add_figure(tag, figure, global_step=self.global_step, close=False)
+            plt.close(figure)
 
     def _grad_scaler(self) -> Any:
         return getattr(self.trainer.precision_plugin, "scaler", None)

@@ -79,6 +79,11 @@ class Task(nn.Module):
         """What metrics.json records of the task besides the metrics (thresholds, ...)."""
         return {}
 
+    def figures(self, metrics: Any, prefix: str) -> dict[str, Any]:
+        """What TensorBoard shows of a computed epoch besides the scalars: tag -> matplotlib
+        figure (the caller logs and closes them)."""
+        return {}
+
 
 class EpochOutputs(Metric):
     """Every batch's outputs and targets of an epoch (gathered across processes)."""
@@ -373,3 +378,45 @@ class Regression(Task):
 
     def postprocess(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"preds": logits.float() * self.target_std + self.target_mean}
+
+    def figures(self, metrics: Any, prefix: str) -> dict[str, Any]:
+        preds, targets = metrics.compute()
+        if not len(preds):
+            return {}
+        return {f"{prefix}pred_vs_target": scatter_figure(preds, targets, self.label_names)}
+
+
+# At most this many points per scatter (evenly spaced over the split): the figure stays cheap
+# for any split size and shows the same shape.
+MAX_SCATTER_POINTS = 5000
+
+
+def scatter_figure(preds: torch.Tensor, targets: torch.Tensor, names: Sequence[str]) -> Any:
+    """Prediction against target, one panel per output, with the y = x line and Pearson r."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preds = preds.float().reshape(len(preds), -1).cpu()
+    targets = targets.float().reshape(len(targets), -1).cpu()
+    keep = torch.linspace(0, len(preds) - 1, min(len(preds), MAX_SCATTER_POINTS)).long()
+    k = preds.shape[1]
+    cols = min(k, 4)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= k:
+            ax.set_visible(False)
+            continue
+        p, t = preds[:, i], targets[:, i]
+        r = float(regression_scores(p, t)["pearson"])
+        ax.scatter(t[keep].numpy(), p[keep].numpy(), s=6, alpha=0.4)
+        low = float(torch.minimum(p.min(), t.min()))
+        high = float(torch.maximum(p.max(), t.max()))
+        ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        ax.set_xlabel(f"target ({names[i]})" if k > 1 else "target")
+        ax.set_ylabel("prediction")
+        ax.set_title(f"n={len(p)}  pearson={r:.3f}")
+    fig.tight_layout()
+    return fig
