@@ -122,6 +122,7 @@ def check_train_config(cfg: DictConfig) -> None:
         )
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
+    check_model_pooling(cfg.model)
     if cfg.model.family == "hf" and OmegaConf.is_missing(cfg.model, "pretrained"):
         raise ConfigError("model.pretrained is not set; give a hub id or a local model dir")
     if cfg.model.family == "hf" and cfg.data.get("max_length") is not None:
@@ -148,6 +149,20 @@ def check_data_keys(data: DictConfig) -> None:
     if unknown:
         raise ConfigError(
             f"data.{unknown[0]} is not a setting of this task's data; valid: {', '.join(valid)}"
+        )
+
+
+def check_model_pooling(model: DictConfig) -> None:
+    """model.pooling: auto | cls | mean | pooler, for text encoders only."""
+    from src.models.pooling import check_pooling  # no torch: cheap
+
+    pooling = model.get("pooling")
+    if model.family == "hf":
+        check_pooling(pooling)
+    elif pooling is not None:
+        raise ConfigError(
+            f"model.pooling={pooling!r} applies to text encoders (model=bert); "
+            f"model={model.get('name')} pools as its architecture does"
         )
 
 

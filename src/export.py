@@ -1,7 +1,9 @@
 """`python -m src.export ckpt_path=PATH format=hf|onnx|torchscript out=DIR`: a standalone model.
 
 - hf: transformers `save_pretrained` (model, tokenizer, id2label/label2id), for text models, so
-  `transformers.pipeline("text-classification", model=DIR)` loads it as is.
+  `transformers.pipeline("text-classification", model=DIR)` loads it as is. Only for runs that
+  pool as the architecture's head does: a model.pooling=mean run (all-MiniLM-L6-v2 with
+  pooling=auto) is refused, since transformers' class would pool otherwise.
 - onnx: `torch.onnx.export`, dynamic batch (and sequence) axes; inputs named as the batch keys.
 - torchscript: `torch.jit.trace` of the network; inputs in `export.json`'s `input_names` order.
 
@@ -106,6 +108,21 @@ def fold_target_scale(model: LoadedModel) -> None:
         head.bias.mul_(task.target_std).add_(task.target_mean)
         task.target_std.fill_(1.0)
         task.target_mean.zero_()
+
+
+def check_hf_pooling(model: LoadedModel) -> None:
+    """transformers' model class pools as its own head does (BERT: the pooler); a run trained
+    on another pooling (model.pooling=mean, ...) cannot be saved as that class without changing
+    its predictions, so it is refused before anything is written."""
+    network = model.module.network
+    if network.own_pooling:
+        return
+    arch = type(network.model).__name__
+    raise ConfigError(
+        f"format=hf cannot reproduce model.pooling={network.pooling}: transformers' {arch} "
+        "classifies from its own pooling, so the export would predict differently; use "
+        "format=onnx or format=torchscript (they run ftlab's network, pooling included)"
+    )
 
 
 def export_hf(model: LoadedModel, out: Path) -> None:
@@ -254,6 +271,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"format=hf needs a transformers text model; this checkpoint is {model.run_cfg.model.name} "
             "(use format=onnx or format=torchscript)"
         )
+    if fmt == "hf":
+        check_hf_pooling(model)
     fold_target_scale(model)
     batch = sample_batch(model)
     before = file_modes(out)

@@ -48,6 +48,8 @@ def build_data_and_module(cfg: DictConfig):
             cfg.loss.get("class_weights"), train_report["class_counts"]
         )
     config = OmegaConf.to_container(cfg, resolve=True)
+    if hasattr(network, "pooling"):  # what `auto` became: the checkpoint reloads with it
+        config["model"]["pooling"] = network.pooling
     task = build_task(
         config,
         datamodule.label_names,

@@ -22,6 +22,7 @@ from torch import nn
 
 from src.assets import packaged_hf_model, packaged_torchvision_weights
 from src.errors import ConfigError, ModelUnavailableError
+from src.models.pooling import mean_pool, resolve_pooling
 
 log = logging.getLogger(__name__)
 
@@ -169,39 +170,77 @@ def _distilbert_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return model.classifier(model.dropout(torch.relu(model.pre_classifier(features))))
 
 
-# Sequence-classification models whose head can run apart from the encoder: what the head reads
-# from the encoder's output ("pooler": pooler_output, "first_token": last_hidden_state[:, 0]) and
-# the head itself, as the model's own forward computes it.
+# Sequence-classification models whose head can run apart from the encoder: the pooling the
+# head reads from the encoder's output as the model's own forward does ("pooler": pooler_output,
+# "cls": last_hidden_state[:, 0]), and the head itself. Any other `model.pooling` (mean; cls for
+# BERT) feeds the same head another vector of the same width.
 HF_FEATURE_HEADS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]]] = {
     "BertForSequenceClassification": ("pooler", _pooler_head),
-    "RobertaForSequenceClassification": ("first_token", _first_token_head),
-    "XLMRobertaForSequenceClassification": ("first_token", _first_token_head),
-    "ElectraForSequenceClassification": ("first_token", _first_token_head),
-    "DistilBertForSequenceClassification": ("first_token", _distilbert_head),
+    "RobertaForSequenceClassification": ("cls", _first_token_head),
+    "XLMRobertaForSequenceClassification": ("cls", _first_token_head),
+    "ElectraForSequenceClassification": ("cls", _first_token_head),
+    "DistilBertForSequenceClassification": ("cls", _distilbert_head),
 }
 
 
 class HFTextNetwork(Network):
-    """A transformers `AutoModelForSequenceClassification`: [embeddings, layer 0..N-1, pooler]."""
+    """A transformers `AutoModelForSequenceClassification`: [embeddings, layer 0..N-1, pooler].
+
+    `pooling` (src/models/pooling.py): cls, mean or pooler; None: what the architecture's own
+    head reads. A pooling other than the head's own runs the encoder and the head apart, and the
+    then unused pooler is removed (no parameters that never get a gradient, no pooler group).
+    """
 
     modality = "text"
     _LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "layer")
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, pooling: str | None = None) -> None:
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode: dropout would stay off
+        name = type(model).__name__
+        own = HF_FEATURE_HEADS[name][0] if name in HF_FEATURE_HEADS else None
+        self.pooling = pooling or own  # None: the model's own forward, pooling unknown here
+        if self.pooling == own:
+            return
+        valid = ["auto", "cls", "mean"] + (["pooler"] if _pooler(model) is not None else [])
+        if own is None:
+            raise ConfigError(
+                f"model.pooling={pooling}: {name}'s head cannot run apart from its encoder "
+                f"here, so only its own pooling works (model.pooling=auto); pooling choices work "
+                f"for: {', '.join(HF_FEATURE_HEADS)}"
+            )
+        if pooling not in ("cls", "mean", "pooler"):
+            raise ConfigError(f"model.pooling={pooling!r} is invalid; valid: {', '.join(valid)}")
+        if pooling == "pooler" and _pooler(model) is None:
+            raise ConfigError(
+                f"model.pooling=pooler: {name} has no pooler; valid here: {', '.join(valid)}"
+            )
+        if pooling != "pooler" and _pooler(model) is not None:
+            model.base_model.pooler = None
+
+    @property
+    def own_pooling(self) -> bool:
+        """Whether the model's own head reads what `pooling` gives (its own forward and an HF
+        export compute exactly this network)."""
+        name = type(self.model).__name__
+        return self.pooling == (HF_FEATURE_HEADS[name][0] if name in HF_FEATURE_HEADS else None)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "features" in batch:
             return self.head_forward(batch["features"])
+        if not self.own_pooling:
+            return self.head_forward(self.features(batch))
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.model(**inputs).logits
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         out = self.model.base_model(**inputs, return_dict=True)
-        source, _ = HF_FEATURE_HEADS[type(self.model).__name__]
-        return out.pooler_output if source == "pooler" else out.last_hidden_state[:, 0]
+        if self.pooling == "pooler":
+            return out.pooler_output
+        if self.pooling == "mean":
+            return mean_pool(out.last_hidden_state, inputs.get("attention_mask"))
+        return out.last_hidden_state[:, 0]
 
     def head_forward(self, features: torch.Tensor) -> torch.Tensor:
         _, head = HF_FEATURE_HEADS[type(self.model).__name__]
@@ -214,7 +253,7 @@ class HFTextNetwork(Network):
                 f"{name}'s head cannot run apart from its encoder here; supported: "
                 f"{', '.join(HF_FEATURE_HEADS)}"
             )
-        if HF_FEATURE_HEADS[name][0] == "pooler" and self.model.base_model.pooler is None:
+        if self.pooling == "pooler" and _pooler(self.model) is None:
             return f"{name} has no pooler"
         return super().feature_cache_blocker()
 
@@ -223,7 +262,12 @@ class HFTextNetwork(Network):
         config = self.model.config.to_dict()
         for key in ("id2label", "label2id", "transformers_version", "_name_or_path"):
             config.pop(key, None)
-        return {**super().feature_identity(), "model": type(self.model).__name__, "config": config}
+        return {
+            **super().feature_identity(),
+            "model": type(self.model).__name__,
+            "pooling": self.pooling,
+            "config": config,
+        }
 
     def layer_groups(self) -> list[LayerGroup]:
         base = self.model.base_model
@@ -246,6 +290,11 @@ class HFTextNetwork(Network):
         return [m for n, m in self.model.named_children() if m is not base]
 
 
+def _pooler(model: nn.Module) -> nn.Module | None:
+    pooler = getattr(model.base_model, "pooler", None)
+    return pooler if isinstance(pooler, nn.Module) else None
+
+
 def build_hf_network(
     model_cfg: DictConfig, label_names: Sequence[str], pretrained_weights: bool = True
 ) -> HFTextNetwork:
@@ -253,6 +302,7 @@ def build_hf_network(
     from transformers.utils import logging as hf_logging
 
     resolved = resolve_pretrained(model_cfg.pretrained)
+    pooling, why = resolve_pooling(model_cfg.get("pooling"), resolved)  # before the weights load
     kwargs: dict[str, Any] = {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
@@ -273,7 +323,18 @@ def build_hf_network(
                 model = AutoModelForSequenceClassification.from_config(config)
     finally:
         hf_logging.set_verbosity(verbosity)
-    return HFTextNetwork(model)
+    name = type(model).__name__
+    if pooling is not None and name not in HF_FEATURE_HEADS and why.startswith("auto"):
+        log.warning(
+            "model.pooling=auto: the checkpoint pools by %s, but %s's head cannot run apart from "
+            "its encoder here; using the head's own pooling",
+            pooling,
+            name,
+        )
+        pooling, why = None, "auto: the architecture's own head"
+    network = HFTextNetwork(model, pooling)
+    log.info("model.pooling: %s (%s)", network.pooling or "the head's own", why)
+    return network
 
 
 # --------------------------------------------------------------------------- images (torchvision)
