@@ -186,7 +186,7 @@ def test_multilabel_run_writes_its_metrics_and_checkpoints_thresholds(
     assert hf.config.problem_type == "multi_label_classification"
     with torch.inference_mode():
         exported = torch.sigmoid(hf(**batch).logits)
-    assert exported.tolist() == pytest.approx(ours["probs"].tolist(), abs=1e-5)
+    torch.testing.assert_close(exported, ours["probs"], atol=1e-5, rtol=0)
     for scores, ref in zip(hf_pipeline(out)(SENTENCES), ours["probs"], strict=True):
         by_label = {s["label"]: s["score"] for s in scores}
         assert by_label == pytest.approx({"pos": float(ref[0]), "neg": float(ref[1])}, abs=1e-5)
@@ -234,7 +234,7 @@ def test_regression_run_reads_a_headerless_sts_file(
     assert hf.config.problem_type == "regression"
     with torch.inference_mode():
         exported = hf(**batch).logits
-    assert exported.tolist() == pytest.approx(ours["preds"].tolist(), abs=1e-4)
+    torch.testing.assert_close(exported, ours["preds"], atol=1e-4, rtol=0)
     pairs = [{"text": a, "text_pair": b} for a, b in zip(SENTENCES, SENTENCES[::-1], strict=True)]
     scores = [row[0] for row in hf_pipeline(out)(pairs)]
     assert [r["label"] for r in scores] == ["score"] * len(SENTENCES)
