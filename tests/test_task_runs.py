@@ -290,3 +290,33 @@ def test_bad_labels_are_reported_before_the_model_loads(
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "monitor='val/acc'; valid for task.type=regression" in proc.stderr
+
+
+def test_multilabel_cross_validation_folds_keep_the_label_balance(
+    tiny_bert: Path, tiny_multilabel: Path, tmp_path: Path
+) -> None:
+    """cv.folds with task.type=multilabel: folds by iterative stratification, so each fold
+    validates on half of each label's 80 positives; the aggregate has the multi-label keys."""
+    run_dir = tmp_path / "cv"
+    proc = run_cli(
+        "src.train",
+        *_tiny(tiny_bert),
+        "task.type=multilabel",
+        "monitor=val/f1_macro",
+        "cv.folds=2",
+        "trainer.max_epochs=1",
+        f"data.train_file={tiny_multilabel / 'train.tsv'}",
+        f"data.test_file={tiny_multilabel / 'test.tsv'}",
+        "data.label_names=[pos,neg]",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    val_rows = []
+    for k in range(2):
+        report = json.loads((run_dir / f"fold_{k}" / "data_report.json").read_text())
+        assert report["splits"]["val"]["class_counts"] == {"pos": 40, "neg": 40}
+        val_rows.append(report["splits"]["val"]["n_examples"])
+    assert val_rows == [80, 80]
+    metrics = read_metrics(run_dir)
+    assert metrics["cv_folds"] == 2 and isinstance(metrics["test/f1_macro"], float)

@@ -287,3 +287,31 @@ def test_regression_shows_predictions_against_targets() -> None:
             outputs, logits, torch.tensor([0, 1, 1, 0]) if name == "multiclass" else logits
         )
         assert other.figures(outputs, "val/") == {}
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def test_multilabel_folds_spread_every_label_evenly() -> None:
+    """Iterative stratification: each label's positives (the rare one's 5 too) are spread over
+    the folds within one of each other; a random split of the same rows puts 0 and 2 of the rare
+    label in two folds."""
+    import random
+
+    from src.data.splits import fold_split, multilabel_folds
+
+    rng = random.Random(0)
+    freqs = [0.5, 0.2, 0.1, 0.05, 0.025]
+    labels = [[float(rng.random() < f) for f in freqs] for _ in range(200)]
+    folds = multilabel_folds(labels, 5, seed=0)
+    assert sorted(i for f in folds for i in f) == list(range(200))
+    assert [len(f) for f in folds] == [40] * 5
+    for j in range(len(freqs)):
+        per_fold = [sum(labels[i][j] for i in f) for f in folds]
+        assert max(per_fold) - min(per_fold) <= 1, (j, per_fold)
+    assert sum(labels[i][4] for i in range(200)) == 5 and multilabel_folds(labels, 5, 0) == folds
+    assert multilabel_folds(labels, 5, seed=1) != folds
+    train, val = fold_split(labels, 5, 2, seed=0)  # label vectors: the multi-label folds
+    assert val == folds[2] and sorted(train + val) == list(range(200))
+    one = [[float(i % 4 == 0)] for i in range(40)]  # a single label: stratified on presence
+    assert all(sum(one[i][0] for i in f) == 2 for f in multilabel_folds(one, 5, seed=0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -44,11 +45,33 @@ def stratified_folds(targets: Sequence[int], folds: int, seed: int) -> list[list
     return [sorted(f) for f in out]
 
 
+def multilabel_folds(labels: Sequence[Sequence[float]], folds: int, seed: int) -> list[list[int]]:
+    """`folds` disjoint index lists covering every example, each with about the label balance of
+    the whole: iterative stratification (Sechidis et al. 2011, the iterative-stratification
+    package) deals the examples of the rarest remaining label first, each to the fold that still
+    wants most of that label, so a rare label is spread over the folds instead of left to chance.
+    `labels`: one 0/1 vector per example."""
+    import numpy as np
+
+    y = np.asarray(labels, dtype=float).reshape(len(labels), -1) > 0.5
+    if folds < 2:
+        raise ValueError(f"folds={folds}: need at least 2")
+    if y.shape[1] == 1:  # one label: its presence is a class
+        return stratified_folds(y[:, 0].astype(int).tolist(), folds, seed)
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [sorted(test.tolist()) for _, test in splitter.split(np.zeros(len(y)), y.astype(int))]
+
+
 def fold_split(
-    targets: Sequence[int], folds: int, fold: int, seed: int
+    targets: Sequence[Any], folds: int, fold: int, seed: int
 ) -> tuple[list[int], list[int]]:
-    """(train, val) indices for cross-validation fold `fold` of `folds`: val is that fold."""
-    parts = stratified_folds(targets, folds, seed)
+    """(train, val) indices for cross-validation fold `fold` of `folds`: val is that fold.
+    `targets`: a class (or target bin) per example, or a 0/1 label vector per example
+    (multi-label: iterative stratification)."""
+    multilabel = len(targets) > 0 and isinstance(targets[0], (list, tuple))
+    parts = (multilabel_folds if multilabel else stratified_folds)(targets, folds, seed)
     val = parts[fold]
     train = sorted(i for k, p in enumerate(parts) if k != fold for i in p)
     return train, val

@@ -466,9 +466,9 @@ class TextDataModule(L.LightningDataModule):
         if self.folds:
             # Cross-validation folds the training data; a val file becomes the test split
             # (when there is no test file), so every fold is tested on the same held-out data.
-            train_idx, val_idx = fold_split(
-                self._split_targets(train), self.folds, self.fold, self.seed
-            )
+            multilabel = self.task_type == "multilabel"  # iterative stratification on the sets
+            targets = column_values(train, "labels") if multilabel else self._split_targets(train)
+            train_idx, val_idx = fold_split(targets, self.folds, self.fold, self.seed)
             if "val" in raw:
                 raw.setdefault("test", raw["val"])
             train, raw["val"] = train.select(train_idx), train.select(val_idx)
@@ -487,7 +487,8 @@ class TextDataModule(L.LightningDataModule):
 
     def _split_targets(self, ds: Any) -> list[Any]:
         """What held-out splits and folds are stratified on: the class (multiclass), the
-        quintile of the first target (regression), nothing (multi-label: a seeded random split)."""
+        quintile of the first target (regression), nothing (multi-label: a seeded random split;
+        its CV folds are stratified on the label sets instead)."""
         from src.data.splits import quantile_bins
 
         labels = column_values(ds, "labels")
