@@ -87,7 +87,7 @@ def cross_validate(cfg: DictConfig) -> dict[str, Any]:
             metrics = train(fold_config(cfg, folds, k, resume), report_to_sweep=False)
         per_fold.append({"fold": k, **metrics})
         running = _mean([m.get("monitor_value") for m in per_fold])
-        if report_cv_fold(cfg, step=k, value=running):
+        if report_cv_fold(cfg, folds_done=k + 1, folds=folds, value=running):
             log.info("cv: pruned by the sweep after fold %d (running mean %s)", k + 1, running)
             pruned = True
             break

@@ -183,7 +183,13 @@ def test_pruning_sweep_with_two_workers(
     sweep_dir = tmp_path / "sweep"
     run_sweep(
         sweep_cmd(
-            "prune", tmp_path, sweep_dir, tiny_bert, tiny_text_data, "hydra.sweeper.n_workers=2"
+            "prune",
+            tmp_path,
+            sweep_dir,
+            tiny_bert,
+            tiny_text_data,
+            "hydra.sweeper.n_workers=2",
+            "hydra.sweeper.keep_checkpoints=2",
         )
     )
 
@@ -194,14 +200,22 @@ def test_pruning_sweep_with_two_workers(
     assert pruned, [(t.number, t.intermediate_values) for t in trials]
     for t in pruned:  # recorded with its last reported value, stopped before max_epochs
         assert t.value == t.intermediate_values[t.last_step]
-        assert t.last_step < 3 and t.params["optimizer.lr"] == 1e-6
+        assert t.last_step < 4 and t.params["optimizer.lr"] == 1e-6  # steps count epochs: 1..4
     assert {t.number for t in trials if t.params["optimizer.lr"] == 1e-6} - {1} <= {
         t.number for t in pruned
     }
-    for t in trials:  # one report per epoch, from the trial process, through the storage
-        assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
+    for t in trials:  # one report per epoch (step 1 after the first), through the storage
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
         assert Path(t.user_attrs["run_dir"]).is_dir()
         assert list((Path(t.user_attrs["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
+    # keep_checkpoints=2: only the two best trials still have checkpoints
+    best_two = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value
+    )[:2]
+    with_ckpts = {
+        t.number for t in trials if list(Path(t.user_attrs["run_dir"]).glob("checkpoints/*.ckpt"))
+    }
+    assert with_ckpts == {t.number for t in best_two}, (with_ckpts, [t.value for t in trials])
     # n_workers=2: two trial processes ran at the same time
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), spans
@@ -240,7 +254,8 @@ def test_pruning_sweep_with_two_workers(
 def test_killed_sweep_resumes_to_exactly_n_trials(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
 ) -> None:
-    """Kill -9 the sweeper mid-trial; the same command again finishes n_trials, redoing nothing."""
+    """Kill -9 the sweeper mid-trial, once that trial has saved a last.ckpt; the same command
+    again finishes n_trials, redoing nothing: the killed trial's retry continues from it."""
     search_config(tmp_path, "resume", n_trials=2)
     sweep_dir = tmp_path / "sweep"
     cmd = sweep_cmd("resume", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
@@ -249,9 +264,13 @@ def test_killed_sweep_resumes_to_exactly_n_trials(
         deadline = time.time() + 300
         try:
             while time.time() < deadline and first.poll() is None:
-                states = {t.state for t in _trials_if_created(sweep_dir, "resume")}
-                if states & set(FINISHED) and TrialState.RUNNING in states:
-                    time.sleep(2)  # let the trial process get going
+                trials = _trials_if_created(sweep_dir, "resume")
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                if (
+                    {t.state for t in trials} & set(FINISHED)
+                    and running
+                    and (sweep_dir / f"trial_{running[0].number}/checkpoints/last.ckpt").is_file()
+                ):
                     break
                 time.sleep(0.5)
         finally:
@@ -279,9 +298,22 @@ def test_killed_sweep_resumes_to_exactly_n_trials(
         assert trials[k.number].state == TrialState.FAIL
         retries = [t for t in trials if retry_of(t)[:1] == [k.number]]
         assert len(retries) == 1 and retries[0].state in FINISHED and retries[0].params == k.params
+        # ... in the same run dir, from the killed attempt's last.ckpt: its first report comes
+        # after epoch 2 or later, at the step it had reached (steps count validations)
+        retry = retries[0]
+        assert retry.user_attrs["run_dir"] == k.user_attrs["run_dir"]
+        assert min(retry.intermediate_values) >= 2, retry.intermediate_values
+        # (the killed attempt may have reported an epoch whose checkpoint it did not save yet)
+        assert min(retry.intermediate_values) <= max(k.intermediate_values) + 1, (
+            k.intermediate_values,
+            retry.intermediate_values,
+        )
+        trial_log = (Path(retry.user_attrs["run_dir"]) / "trial.log").read_text()
+        assert "resume=true" in trial_log and trial_log.count("src.train") >= 2  # both attempts
     params = [tuple(sorted(t.params.items())) for t in finished]
     assert len(set(params)) == len(params), params  # no trial ran twice
     assert len({t.user_attrs["run_dir"] for t in finished}) == 2
+    assert read_metrics(Path(retry.user_attrs["run_dir"]))["epochs"] == 4  # trained to the end
 
 
 def _exits_within(pid: int, seconds: float) -> bool:
@@ -342,7 +374,7 @@ def test_ddp_trial_reports_from_rank_zero_and_prunes(
 ) -> None:
     """A trial with 2 DDP processes (gloo): reports every epoch, and a prune stops every rank."""
     # val/acc is never above 1.01: the pruner stops the trial at its second report, deterministically.
-    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01, "n_warmup_steps": 1}
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01, "n_warmup_steps": 2}
     search_config(tmp_path, "ddp", n_trials=1, pruner=pruner)
     sweep_dir = tmp_path / "sweep"
     run_sweep(
@@ -358,7 +390,7 @@ def test_ddp_trial_reports_from_rank_zero_and_prunes(
     )
     (trial,) = load(sweep_dir, "ddp").get_trials()
     assert trial.state == TrialState.PRUNED, trial.user_attrs
-    assert sorted(trial.intermediate_values) == [0, 1]
+    assert sorted(trial.intermediate_values) == [1, 2]
     metrics = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
     assert metrics["epochs"] == 2  # both ranks stopped after the second epoch, none hung
 
@@ -435,23 +467,25 @@ def postgres_url():
 def test_postgres_two_workers_one_study(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, postgres_url: str
 ) -> None:
-    """Two sweep commands, as two machines would run them, share one study in PostgreSQL."""
+    """Two sweep commands, as two machines would run them, share one study in PostgreSQL. The
+    URL's password reaches them by reference (one through FTLAB_STORAGE_URL, one through a file)
+    and nothing ftlab writes holds it; written in the setting itself it is refused."""
     search_config(tmp_path, "pg", n_trials=2)
+    secret = tmp_path / "storage-url"
+    secret.write_text(postgres_url + "\n")
+    by_reference = {
+        "a": ([], {"FTLAB_STORAGE_URL": postgres_url}),  # storage null: the env var
+        "b": ([f"hydra.sweeper.storage=file:{secret}"], {}),
+    }
     procs = []
-    for machine in ("a", "b"):  # each "machine" has its own sweep dir, only the database is shared
-        cmd = sweep_cmd(
-            "pg",
-            tmp_path,
-            tmp_path / machine,
-            tiny_bert,
-            tiny_text_data,
-            f"hydra.sweeper.storage='{postgres_url}'",
-        )
+    for machine, (setting, env) in by_reference.items():
+        # each "machine" has its own sweep dir, only the database is shared
+        cmd = sweep_cmd("pg", tmp_path, tmp_path / machine, tiny_bert, tiny_text_data, *setting)
         procs.append(
             subprocess.Popen(
                 cmd,
                 cwd=ROOT,
-                env=_env(),
+                env={**_env(), **env},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -468,14 +502,31 @@ def test_postgres_two_workers_one_study(
     for machine, output in zip("ab", outputs, strict=False):
         assert PG_PASSWORD not in output  # masked in logs
         results = (tmp_path / machine / "optimization_results.yaml").read_text()
-        assert PG_PASSWORD not in results and "127.0.0.1" in results
+        assert "127.0.0.1" in results
+        written = [p for p in (tmp_path / machine).rglob("*") if p.is_file()]
+        assert any(p.name == "multirun.yaml" for p in written)
+        for path in written:  # multirun.yaml, trial logs, .hydra configs, reports, checkpoints
+            assert PG_PASSWORD.encode() not in path.read_bytes(), path
+
+    clear = sweep_cmd(
+        "pg",
+        tmp_path,
+        tmp_path / "c",
+        tiny_bert,
+        tiny_text_data,
+        f"hydra.sweeper.storage='{postgres_url}'",
+    )
+    proc = subprocess.run(clear, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and PG_PASSWORD not in proc.stdout + proc.stderr
+    assert "holds a password in clear" in proc.stderr and "FTLAB_STORAGE_URL" in proc.stderr
+    assert not (tmp_path / "c" / "multirun.yaml").exists()
 
 
 def test_cv_sweep_optimizes_the_cross_validation_mean(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
 ) -> None:
     """`cv.folds=K` in a sweep: each trial is a K-fold run, its value is the CV mean of the
-    monitored metric, and the pruner gets the running mean once per fold (steps 0..K-1)."""
+    monitored metric, and the pruner gets the running mean once per fold (step k after k folds)."""
     search_config(
         tmp_path,
         "cvsweep",
@@ -495,8 +546,8 @@ def test_cv_sweep_optimizes_the_cross_validation_mean(
         fold_values = [f["val/acc"] for f in metrics["folds"]]
         assert len(fold_values) == 2
         assert t.value == pytest.approx(sum(fold_values) / 2)
-        assert sorted(t.intermediate_values) == [0, 1]
-        assert t.intermediate_values[1] == pytest.approx(t.value)
+        assert sorted(t.intermediate_values) == [1, 2]
+        assert t.intermediate_values[2] == pytest.approx(t.value)
 
 
 # -- the best model, handed back ------------------------------------------------------------------
@@ -521,7 +572,8 @@ def test_best_trial_handed_back_reproduced_and_ensembled(
     sweep_dir = tmp_path / "sweep"
     cmd = sweep_cmd("best", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
     cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=2"
-    run_sweep([*cmd, "scheduler.warmup=0.0", "trainer.deterministic=true"])
+    cmd = [*cmd, "scheduler.warmup=0.0", "trainer.deterministic=true", "data.limit_train=80"]
+    run_sweep(cmd)
     study = load(sweep_dir, "best")
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     # The trials were warm (forked) starts; the rerun below is a cold `python -m src.train`.
@@ -587,6 +639,29 @@ def test_best_trial_handed_back_reproduced_and_ensembled(
         str(Path(read_metrics(Path(t.user_attrs["run_dir"]))["best_ckpt_path"]).resolve())
         for t in ranked
     ]
+
+    # refit=true on the finished study: no new trial; the best configuration is trained again on
+    # all the training data (the trials had a slice of 80) and tested; best.yaml now reproduces it.
+    run_sweep([*cmd, "hydra.sweeper.refit=true"])
+    assert len(load(sweep_dir, "best").get_trials()) == 2
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    refit = results["refit"]
+    assert refit["state"] == "COMPLETE" and refit["trial"] == study.best_trial.number, refit
+    refit_dir = Path(refit["run_dir"])
+    assert refit_dir == sweep_dir / f"refit_trial_{study.best_trial.number}"
+    assert refit["overrides"][: len(best["overrides"])] == best["overrides"]
+    assert refit["overrides"][len(best["overrides"]) :] == ["data.limit_train=null", "test=true"]
+    assert Path(refit["checkpoint"]).is_file() and "test/acc" in refit["metrics"]
+    report = yaml.safe_load((refit_dir / "data_report.json").read_text())
+    trial_report = yaml.safe_load((run_dir / "data_report.json").read_text())
+    assert report["splits"]["train"]["n_examples"] > trial_report["splits"]["train"]["n_examples"]
+    best_yaml = yaml.safe_load(overlay.read_text())
+    assert best_yaml["data"]["limit_train"] is None and best_yaml["test"] is True
+    assert overlay.read_text().startswith("# Refit of the best trial")
+    # a re-run does not refit again
+    run_sweep([*cmd, "hydra.sweeper.refit=true"])
+    again = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["refit"]
+    assert again == refit
 
 
 # -- warm start ------------------------------------------------------------------------------------

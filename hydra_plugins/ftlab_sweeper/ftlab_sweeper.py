@@ -7,7 +7,7 @@ heavy at the top: optuna and src.sweep load only when a sweep starts.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, List  # noqa: UP035  (OmegaConf structured configs want typing.List)
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
@@ -32,6 +32,13 @@ class FtlabOptunaSweeperConf:
     """`hydra.sweeper.*`. Unknown keys are an error (a typo must not be silently ignored)."""
 
     _target_: str = "hydra_plugins.ftlab_sweeper.ftlab_sweeper.FtlabOptunaSweeper"
+    # Sampler and pruner are config groups (conf/hydra/sweeper/{sampler,pruner}/), so one switches
+    # whole from the command line: hydra/sweeper/pruner=hyperband, hydra/sweeper/sampler=random.
+    # None selected: the sampler is TPESampler(seed=42), no pruning. `_self_` first, so that a
+    # selected option is not overwritten by the `None` defaults below.
+    defaults: List[Any] = field(  # noqa: UP006
+        default_factory=lambda: ["_self_", {"sampler": None}, {"pruner": None}]
+    )
     # sampler/pruner stay configs: each trial process rebuilds the pruner from the same spec.
     _recursive_: bool = False
     # Finished trials (complete + pruned + failed) the study aims at, over all runs and commands.
@@ -40,13 +47,16 @@ class FtlabOptunaSweeperConf:
     n_workers: int = 1
     # null: the hparams_search name. Same name + same storage = the same study (resume, share).
     study_name: Any = None
-    # null: SQLite file <sweep dir>/optuna.db. A path, or an RDB URL (postgresql://...) for many machines.
+    # null: $FTLAB_STORAGE_URL when set, else the SQLite file <sweep dir>/optuna.db. A path, or an
+    # RDB URL (postgresql://user@host/db) for many machines; a URL with a password only by
+    # reference: env:VARIABLE or file:PATH (never written to multirun.yaml or a trial's env).
     storage: Any = None
     # maximize | minimize; null: from `mode` (max -> maximize). Must agree with `mode`.
     direction: Any = None
     # `_target_` + kwargs of an optuna sampler; null: TPESampler(seed=42).
     sampler: Any = None
-    # `_target_` + kwargs of an optuna pruner; null: no pruning.
+    # `_target_` + kwargs of an optuna pruner; null: no pruning. Its steps count validations
+    # (1 = after the first epoch) or, in a cross-validated trial, folds.
     pruner: Any = None
     # config key -> search range (see src/sweep/space.py for the spellings).
     params: Any = field(default_factory=dict)
@@ -68,6 +78,14 @@ class FtlabOptunaSweeperConf:
     # warm: each trial is a child forked from a server that has imported torch, Lightning,
     # transformers once (saves their import time per trial); cold: a fresh `python -m src.train`.
     trial_start: str = "warm"
+    # Checkpoints are kept for the best keep_checkpoints COMPLETE trials (and running ones, and
+    # failed ones a retry may continue); the others' are deleted as trials finish. null: keep all.
+    keep_checkpoints: Any = 3
+    # When the study is done: train the best trial's configuration again on the whole training
+    # data (data.limit_train=null) with a test pass, in <sweep dir>/refit_trial_<n>; best.yaml then
+    # reproduces that run. refit_overrides are added to it (e.g. [trainer.max_epochs=5]).
+    refit: bool = False
+    refit_overrides: Any = field(default_factory=list)
 
 
 ConfigStore.instance().store(
@@ -99,9 +117,10 @@ class FtlabOptunaSweeper(Sweeper):
         import optuna
 
         from src.errors import ConfigError
+        from src.sweep.pruning import resolve_resource
         from src.sweep.runner import Sweep, SweepSettings
         from src.sweep.space import override_key, parse_params, split_arguments
-        from src.sweep.study import storage_url
+        from src.sweep.study import storage_ref, storage_url
 
         assert self.config is not None
         cfg, s = self.config, self.settings
@@ -140,10 +159,11 @@ class FtlabOptunaSweeper(Sweeper):
             n_workers=int(s.get("n_workers", 1)),
             study_name=str(study_name),
             storage=storage_url(s.get("storage"), sweep_dir),
+            storage_ref=storage_ref(s.get("storage")),
             direction=direction,
             monitor=str(cfg.monitor),
             sampler=_container(s.get("sampler")),
-            pruner=_container(s.get("pruner")),
+            pruner=resolve_resource(_container(s.get("pruner")), cfg, space),
             heartbeat_interval=int(s.get("heartbeat_interval", 30)),
             grace_period=s.get("grace_period"),
             max_retry=int(s.get("max_retry", 3)),
@@ -152,11 +172,17 @@ class FtlabOptunaSweeper(Sweeper):
             enqueue=_container(s.get("enqueue")),
             seed_from=_container(s.get("seed_from")),
             trial_start=str(s.get("trial_start", "warm")),
+            keep_checkpoints=s.get("keep_checkpoints", 3),
         )
         groups = [str(g) for g in choices]
         sweep = Sweep(settings, space, [*plain, *hydra_overrides], sweep_dir, config_groups=groups)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
         study = sweep.run()
+        if s.get("refit"):
+            from src.sweep.refit import refit_best, refit_overrides
+
+            refit_best(sweep, refit_overrides(cfg, _container(s.get("refit_overrides"))))
+            sweep.report(plots=False)
         done = [
             t
             for t in study.get_trials(deepcopy=False)

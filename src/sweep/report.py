@@ -59,6 +59,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "seeded_from": t.user_attrs.get("seeded_from"),
                 "enqueued": bool(t.user_attrs.get("enqueued")),
                 "run_dir": t.user_attrs.get("run_dir"),
+                "host": t.user_attrs.get("host"),
                 "error": t.user_attrs.get("error"),
             }
         )
@@ -93,6 +94,8 @@ def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None
         "trial_time_total_s": round(sum(durations), 1),
         # Median seconds from a trial's launch to its first training step (warm vs cold start).
         "startup_s_median": _median([t.user_attrs.get("startup_s") for t in own]),
+        # hydra.sweeper.refit=true: the best configuration trained on all the data, and tested.
+        "refit": study.user_attrs.get("refit"),
     }
 
 
@@ -143,8 +146,17 @@ def write_best_overlay(study: optuna.Study, info: dict[str, Any], out_dir: Path)
         f"  {overlay_command(out_dir)}",
         "Add overrides as usual, e.g. data.limit_train=null to train on all the data.",
     ]
+    refit = info.get("refit") or {}
+    overrides = best["overrides"]
+    if refit.get("state") == "COMPLETE" and refit.get("trial") == best["number"]:
+        overrides = refit["overrides"]
+        header[0] = (
+            f"Refit of the best trial of study {study.study_name!r} (trial {best['number']}) on "
+            f"all the training data: {refit.get('run_dir')}"
+        )
+        header[-1] = "Add overrides as usual."
     groups = study.user_attrs.get("config_groups") or []
-    return write_overlay(path, best["overrides"], groups, header)
+    return write_overlay(path, overrides, groups, header)
 
 
 def write_report(

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.utils import instantiate
 from optuna.trial import Trial, TrialState
 
 from src import PROJECT_ROOT
 from src.errors import ConfigError
 from src.sweep import trial as trial_env
 from src.sweep.launch import TRIAL_STARTS, TrialProcess, WarmStarter, cold_start
+from src.sweep.pruning import build, build_pruner, describe
 from src.sweep.report import write_report
 from src.sweep.space import SearchSpace, format_value, to_overrides
 from src.sweep.study import (
@@ -72,8 +72,14 @@ class SweepSettings:
     enqueue: list[dict[str, Any]] | None = None  # configurations to try first
     seed_from: dict[str, Any] | None = None  # {storage, study_name} of an earlier study
     trial_start: str = "warm"  # warm: forked from a preloaded forkserver; cold: a new interpreter
+    # Trials whose checkpoints are kept: the best `keep_checkpoints` COMPLETE ones, plus running
+    # trials and failed ones that may be retried from their last.ckpt; null keeps every trial's.
+    keep_checkpoints: int | None = 3
     poll_interval_s: float = 2.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # What trials are told to open: `storage`, or the `env:NAME` / `file:PATH` reference that
+    # holds it when it has a password (the secret is never passed on in clear).
+    storage_ref: str | None = None
 
     def check(self) -> None:
         if self.n_trials < 1:
@@ -92,10 +98,21 @@ class SweepSettings:
             raise ConfigError(
                 f"hydra.sweeper.trial_start={self.trial_start!r} is invalid: choose {' or '.join(TRIAL_STARTS)}"
             )
+        if self.keep_checkpoints is not None and (
+            isinstance(self.keep_checkpoints, bool) or int(self.keep_checkpoints) < 1
+        ):
+            raise ConfigError(
+                f"hydra.sweeper.keep_checkpoints={self.keep_checkpoints!r} is invalid: an int >= 1 "
+                "(the best trials whose checkpoints are kept) or null (keep every trial's)"
+            )
         if self.heartbeat_interval < 1:
             raise ConfigError(
                 f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval} is invalid: must be an int >= 1 (seconds)"
             )
+        # A bad sampler or pruner spec fails here, before any storage or trial.
+        build_pruner(dict(self.pruner) if self.pruner else None)
+        if self.sampler:
+            build("sampler", dict(self.sampler))
 
 
 def gpu_assignment(
@@ -211,19 +228,14 @@ class Sweep:
             if self.s.enqueue:
                 enqueue(study, self.space, self.s.enqueue)
         study.sampler = self._sampler(k)
-        study.pruner = trial_env.build_pruner(dict(self.s.pruner) if self.s.pruner else None)
+        study.pruner = build_pruner(dict(self.s.pruner) if self.s.pruner else None)
         return study
 
     def _sampler(self, command_index: int) -> optuna.samplers.BaseSampler:
         spec = dict(self.s.sampler or {"_target_": "optuna.samplers.TPESampler", "seed": 42})
         if spec.get("seed") is not None:
             spec["seed"] = int(spec["seed"]) + command_index
-        sampler = instantiate(spec)
-        if not isinstance(sampler, optuna.samplers.BaseSampler):
-            raise ConfigError(
-                f"hydra.sweeper.sampler: {spec.get('_target_')} is not an optuna sampler"
-            )
-        return sampler
+        return build("sampler", spec)
 
     def _next_trial(self) -> Trial | None:
         """Start the next trial if the budget allows, atomically with respect to every other worker."""
@@ -247,12 +259,13 @@ class Sweep:
         """Run workers until the study has `n_trials` finished trials; write the report."""
         b = budget(self.study)
         log.info(
-            "study %r in %s: %d of %d trials finished; %d worker(s); sweep dir %s",
+            "study %r in %s: %d of %d trials finished; %d worker(s); pruner %s; sweep dir %s",
             self.s.study_name,
             mask_url(self.s.storage),
             b.finished,
             self.s.n_trials,
             self.s.n_workers,
+            describe(self.s.pruner),
             self.sweep_dir,
         )
         if self.s.trial_start == "warm" and b.finished < self.s.n_trials:
@@ -330,7 +343,7 @@ class Sweep:
         env = {**os.environ, **self.s.extra_env}
         env.update(
             {
-                trial_env.ENV_STORAGE: self.s.storage,
+                trial_env.ENV_STORAGE: self.s.storage_ref or self.s.storage,
                 trial_env.ENV_STUDY: self.s.study_name,
                 trial_env.ENV_TRIAL_ID: str(trial._trial_id),
                 trial_env.ENV_TRIAL_NUMBER: str(trial.number),
@@ -346,8 +359,23 @@ class Sweep:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.s.n_workers))
         return env
 
+    def _resumable_dir(self, retried: list[int]) -> Path | None:
+        """The run dir of the trial a retry replaces, when that trial left a `last.ckpt`: the
+        retry continues it there (`resume=true`) instead of starting from scratch."""
+        if not retried:
+            return None
+        first = self.storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, retried[0]
+        )
+        run_dir = self.storage.get_trial(first).user_attrs.get("run_dir")
+        if run_dir and (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
+            return Path(run_dir)
+        return None
+
     def _run_trial(self, trial: Trial, gpus: list[str]) -> None:
-        trial_dir = self.sweep_dir / f"trial_{trial.number}"
+        retried = retry_of(self.storage.get_trial(trial._trial_id))
+        resume_dir = self._resumable_dir(retried)
+        trial_dir = resume_dir or self.sweep_dir / f"trial_{trial.number}"
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / trial_env.PRUNED_MARKER).unlink(missing_ok=True)
         (trial_dir / "metrics.json").unlink(missing_ok=True)
@@ -360,21 +388,24 @@ class Sweep:
         # What reproduces this trial outside the sweep (best.yaml, optimization_results.yaml).
         trial.set_user_attr("overrides", overrides)
         argv = [*overrides, "hydra.mode=RUN", f"hydra.run.dir={format_value(str(trial_dir))}"]
+        if resume_dir is not None:
+            argv.append("resume=true")  # a retry goes on from the killed attempt's last.ckpt
         cmd = [sys.executable, "-m", "src.train", *argv]
         warm = self._warm is not None
         trial.set_user_attr("trial_start", "warm" if warm else "cold")
         trial.set_user_attr("gpus", ",".join(gpus) if gpus else None)
-        retried = retry_of(self.storage.get_trial(trial._trial_id))
         log.info(
             "trial %d%s started: %s%s",
             trial.number,
-            f" (retry of {retried[0]})" if retried else "",
+            f" (retry of {retried[-1]}{', resumed from its last.ckpt' if resume_dir else ''})"
+            if retried
+            else "",
             " ".join(to_overrides(trial.params)),
             f" on GPU {','.join(gpus)}" if gpus else "",
         )
         log_file = trial_dir / "trial.log"
         (trial_dir / trial_env.TIMING_FILE).unlink(missing_ok=True)
-        with open(log_file, "w") as out:
+        with open(log_file, "a" if resume_dir else "w") as out:  # a retry keeps the first log
             out.write(("# warm start (forked): " if warm else "") + " ".join(cmd) + "\n")
             out.flush()
             env = self._trial_env(trial, gpus)
@@ -435,7 +466,48 @@ class Sweep:
         else:
             shown = f"value {value:.4f}" if value is not None else (error or "")
         log.info("trial %d %s %s (%s)", trial.number, state.name, shown, trial_dir)
+        self.drop_checkpoints()
         self.report()
+
+    def drop_checkpoints(self) -> None:
+        """Delete the checkpoints of finished trials outside the best `keep_checkpoints` (a BERT-base
+        trial's best + last are ~0.9 GB). Kept: the best trials, running and queued ones, and
+        failed ones no retry has replaced yet (a retry continues from their last.ckpt)."""
+        if self.s.keep_checkpoints is None:
+            return
+        try:
+            trials = self.study.get_trials(deepcopy=False)
+        except Exception as e:  # a storage hiccup: try again after the next trial
+            log.warning("could not list trials to drop checkpoints: %s", e)
+            return
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        complete.sort(key=lambda t: t.value, reverse=self.s.direction == "maximize")
+        retried = {n for t in trials for n in retry_of(t)}
+        keep = {t.user_attrs.get("run_dir") for t in complete[: int(self.s.keep_checkpoints)]}
+        keep |= {
+            t.user_attrs.get("run_dir")
+            for t in trials
+            if t.state in (TrialState.RUNNING, TrialState.WAITING)
+            or (t.state == TrialState.FAIL and t.number not in retried)
+        }
+        for t in trials:
+            run_dir = t.user_attrs.get("run_dir")
+            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or run_dir in keep:
+                continue
+            ckpts = list((Path(run_dir) / "checkpoints").glob("*.ckpt")) if run_dir else []
+            if not ckpts:
+                continue
+            size = sum(p.stat().st_size for p in ckpts)
+            for p in ckpts:
+                p.unlink(missing_ok=True)
+            log.info(
+                "trial %d: removed its %d checkpoint(s), %.0f MB (not among the best %d; "
+                "hydra.sweeper.keep_checkpoints)",
+                t.number,
+                len(ckpts),
+                size / 1e6,
+                self.s.keep_checkpoints,
+            )
 
     # -- report ----------------------------------------------------------------------------------
     def report(self, plots: bool | None = None) -> None:

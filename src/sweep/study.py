@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,16 +32,80 @@ log = logging.getLogger(__name__)
 SQLITE_TIMEOUT_S = 120
 
 
-def storage_url(storage: str | None, sweep_dir: Path) -> str:
-    """`null` -> SQLite file in the sweep dir; a plain path -> SQLite; an RDB URL as is."""
+# Where a sweep finds an RDB URL that holds a password, when `hydra.sweeper.storage` is null.
+STORAGE_ENV = "FTLAB_STORAGE_URL"
+
+
+def storage_url(storage: str | None, sweep_dir: Path, what: str = "hydra.sweeper.storage") -> str:
+    """The storage URL a setting names.
+
+    - `null`: `$FTLAB_STORAGE_URL` when set, else the SQLite file `<sweep dir>/optuna.db`;
+    - `env:NAME`: the URL in the environment variable NAME;
+    - `file:PATH`: the URL on the first line of the file PATH (e.g. a mounted secret);
+    - a plain path: a SQLite file; an RDB URL (`postgresql://user@host/db`) as is.
+
+    An RDB URL with a password written in the setting itself is refused: ftlab would write it to
+    multirun.yaml and hand it to every trial. `env:`/`file:` keep the secret out of both (the
+    trials get the same reference and read it themselves), as do PGPASSWORD and ~/.pgpass.
+    """
     if not storage:
-        return f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
-    if "://" not in storage:
-        return f"sqlite:///{Path(storage).expanduser().resolve()}"
-    if storage.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
+        if not os.environ.get(STORAGE_ENV):
+            return f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+        storage = f"env:{STORAGE_ENV}"
+    ref = str(storage)
+    if not ref.startswith(("env:", "file:")) and _password(ref):
+        raise ConfigError(
+            f"{what}={mask_url(ref)!r} holds a password in clear, which would be written to "
+            f"multirun.yaml and passed to every trial: put the URL in ${STORAGE_ENV} and leave "
+            f"{what} null, or name where it is with {what}=env:VARIABLE or {what}=file:PATH "
+            "(or leave the password out and use PGPASSWORD or ~/.pgpass)"
+        )
+    return resolve_ref(ref, what)
+
+
+def storage_ref(storage: str | None) -> str | None:
+    """How trials are told where the storage is without its secret: the `env:NAME` / `file:PATH`
+    reference the setting uses (null -> `env:FTLAB_STORAGE_URL` when that is set); None when
+    the setting is a plain path or URL, which trials get resolved."""
+    if not storage:
+        return f"env:{STORAGE_ENV}" if os.environ.get(STORAGE_ENV) else None
+    return str(storage) if str(storage).startswith(("env:", "file:")) else None
+
+
+def resolve_ref(ref: str, what: str = "hydra.sweeper.storage") -> str:
+    """`env:NAME` / `file:PATH` -> the URL they hold; a path -> SQLite; an RDB URL as is."""
+    if ref.startswith("env:"):
+        name = ref[len("env:") :]
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise ConfigError(f"{what}={ref}: the environment variable {name} is not set or empty")
+        return resolve_ref(value, what) if not value.startswith(("env:", "file:")) else value
+    if ref.startswith("file:"):
+        path = Path(ref[len("file:") :]).expanduser()
+        try:
+            lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        except OSError as e:
+            raise ConfigError(f"{what}={ref}: cannot read {path}: {e.strerror}") from None
+        if not lines:
+            raise ConfigError(f"{what}={ref}: {path} is empty (it should hold the storage URL)")
+        return (
+            resolve_ref(lines[0], what) if not lines[0].startswith(("env:", "file:")) else lines[0]
+        )
+    if "://" not in ref:
+        return f"sqlite:///{Path(ref).expanduser().resolve()}"
+    if ref.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
         # SQLAlchemy's default PostgreSQL driver is psycopg2; ftlab installs psycopg 3.
-        return "postgresql+psycopg://" + storage[len("postgresql://") :]
-    return storage
+        return "postgresql+psycopg://" + ref[len("postgresql://") :]
+    return ref
+
+
+def _password(url: str) -> bool:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return bool(make_url(url).password)
+    except Exception:
+        return False
 
 
 def mask_url(url: str) -> str:
@@ -217,15 +282,16 @@ def load_existing_study(
 ) -> tuple[optuna.Study, str]:
     """An existing study and its storage URL. `storage`: a sweep dir (its optuna.db), a SQLite
     file or an RDB URL; `study_name`: null when the storage holds a single study. `what` names
-    the setting in errors (`study`, `hydra.sweeper.seed_from`)."""
-    if "://" not in storage:
+    the setting in errors (`study`, `hydra.sweeper.seed_from`); `env:NAME` / `file:PATH` name
+    where an RDB URL with a password is (see `storage_url`)."""
+    if "://" not in storage and not storage.startswith(("env:", "file:")):
         path = Path(storage).expanduser()
         if path.is_dir():
             path = path / "optuna.db"
         if not path.is_file():
             raise ConfigError(f"{what}.storage={storage!r}: no sweep dir or SQLite file there")
         storage = str(path)
-    url = storage_url(storage, Path.cwd())
+    url = storage_url(storage, Path.cwd(), what=f"{what}.storage")
     rdb = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(rdb)]
     if study_name is None:

@@ -72,11 +72,13 @@ def load_trial():
     """This process's Optuna trial, from the environment the sweeper set."""
     import optuna
 
-    from src.sweep.study import open_storage
+    from src.sweep.pruning import build_pruner
+    from src.sweep.study import open_storage, resolve_ref
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = json.loads(os.environ.get(ENV_PRUNER) or "null")
-    storage = open_storage(os.environ[ENV_STORAGE])
+    # ENV_STORAGE is the URL, or `env:NAME` / `file:PATH` when the URL holds a password.
+    storage = open_storage(resolve_ref(os.environ[ENV_STORAGE]))
     # The sampler is never used here; RandomSampler keeps Trial() from fitting a TPE model.
     study = optuna.load_study(
         study_name=os.environ[ENV_STUDY],
@@ -87,11 +89,12 @@ def load_trial():
     return optuna.trial.Trial(study, int(os.environ[ENV_TRIAL_ID]))
 
 
-def report_cv_fold(cfg: DictConfig, step: int, value: float | None) -> bool:
-    """In a sweep trial that cross-validates: report the running CV mean after fold `step` and
-    return whether the pruner stops the trial (then the pruned marker is written). Outside a
-    sweep: False. The folds themselves report nothing: their per-epoch values restart with
-    every fold, which a pruner cannot compare across trials; the running mean it can."""
+def report_cv_fold(cfg: DictConfig, folds_done: int, folds: int, value: float | None) -> bool:
+    """In a sweep trial that cross-validates: report the running CV mean after `folds_done` folds
+    (the step) and return whether the pruner stops the trial (then the pruned marker is written);
+    never after the last fold, which completes the trial. Outside a sweep: False. The folds
+    themselves report nothing: their per-epoch values restart with every fold, which a pruner
+    cannot compare across trials; the running mean it can."""
     if not os.environ.get(ENV_TRIAL_ID) or value is None or not math.isfinite(value):
         return False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -99,22 +102,34 @@ def report_cv_fold(cfg: DictConfig, step: int, value: float | None) -> bool:
         # collective between folds, so a multi-process CV trial is never pruned.
         return False
     trial = load_trial()
-    trial.report(float(value), step)
-    if not trial.should_prune():
+    trial.report(float(value), folds_done)
+    if folds_done >= folds or not trial.should_prune():
         return False
-    (Path(cfg.paths.output_dir) / PRUNED_MARKER).write_text(json.dumps({"step": step}) + "\n")
+    (Path(cfg.paths.output_dir) / PRUNED_MARKER).write_text(json.dumps({"step": folds_done}) + "\n")
     return True
 
 
 class TrialReporter(Callback):
-    """Report `monitor` after every validation to the Optuna trial; stop when the pruner says so."""
+    """Report `monitor` after every validation to the Optuna trial; stop when the pruner says so.
+
+    Step k is the k-th validation (1 after the first epoch), so a pruner's `min_resource: 1` or
+    `n_warmup_steps: 1` allows the first cut after the first epoch. The count is saved in the
+    checkpoint: a retried trial that resumes from `last.ckpt` goes on at the same step. A prune at
+    the last validation is ignored: that trial trained fully and competes for the best.
+    """
 
     def __init__(self, monitor: str, run_dir: Path) -> None:
         self.monitor, self.run_dir = monitor, run_dir
-        self.step = 0
+        self.step = 0  # validations reported so far
         self.pruned_at: int | None = None
         self._trial = None
         self._timed = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.step = int(state_dict.get("step", 0))
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if not self._timed and trainer.is_global_zero:
@@ -132,13 +147,14 @@ class TrialReporter(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self.step += 1
         prune = False
         if trainer.is_global_zero:
             value = trainer.callback_metrics.get(self.monitor)
             if value is not None and math.isfinite(float(value)):
                 trial = self._optuna_trial()
                 trial.report(float(value), self.step)
-                prune = trial.should_prune()
+                prune = trial.should_prune() and not is_last_validation(trainer)
         # Every rank must take the same decision, or the others would wait forever in a collective.
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
@@ -154,17 +170,14 @@ class TrialReporter(Callback):
                 (self.run_dir / PRUNED_MARKER).write_text(
                     json.dumps({"step": self.step, "epoch": trainer.current_epoch}) + "\n"
                 )
-        self.step += 1
 
 
-def build_pruner(spec: dict[str, Any] | None):
-    """A pruner from its config: `{_target_: optuna.pruners.MedianPruner, ...}`; null -> NopPruner."""
-    import optuna
-    from hydra.utils import instantiate
-
-    if not spec:
-        return optuna.pruners.NopPruner()
-    pruner = instantiate(spec)
-    if not isinstance(pruner, optuna.pruners.BasePruner):
-        raise FtlabError(f"hydra.sweeper.pruner: {spec.get('_target_')} is not an optuna pruner")
-    return pruner
+def is_last_validation(trainer: L.Trainer) -> bool:
+    """Whether training ends after this validation anyway (its last epoch or max_steps)."""
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0 or trainer.current_epoch < max_epochs - 1:
+        return False
+    # The last epoch: its end-of-epoch validation (not one inside it, with val_check_interval < 1).
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)

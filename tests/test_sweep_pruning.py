@@ -1,0 +1,122 @@
+"""The sweep's sampler and pruner: config groups switched from the command line, one-line errors
+for a merged spec, Hyperband's resource from the epochs searched, and step numbering (step k after
+the k-th epoch; a trial is never cut at its last epoch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from src.errors import ConfigError
+from src.sweep.pruning import build, build_pruner, group_options, resolve_resource
+from tests.conftest import run_cli
+from tests.test_sweep import load, run_sweep, search_config, sweep_cmd
+
+
+def _cfg(**trainer):
+    return OmegaConf.create({"trainer": {"max_epochs": 3, **trainer}, "cv": {"folds": None}})
+
+
+def test_hyperband_max_resource_auto_is_the_most_epochs_searched() -> None:
+    spec = {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1, "max_resource": "auto"}
+    space = {"trainer.max_epochs": IntDistribution(1, 4)}
+    assert resolve_resource(spec, _cfg(), space)["max_resource"] == 4
+    assert resolve_resource(spec, _cfg(), {})["max_resource"] == 3  # not searched: the config's
+    choices = {"trainer.max_epochs": CategoricalDistribution([2, 6])}
+    assert resolve_resource(spec, _cfg(), choices)["max_resource"] == 6
+    # two validations per epoch: twice the steps
+    assert resolve_resource(spec, _cfg(val_check_interval=0.5), space)["max_resource"] == 8
+    cv = OmegaConf.create({"trainer": {"max_epochs": 3}, "cv": {"folds": 5}})
+    assert resolve_resource(spec, cv, space)["max_resource"] == 5  # one report per fold
+    fixed = {**spec, "max_resource": 9}
+    assert resolve_resource(fixed, _cfg(), space) == fixed
+    assert resolve_resource(None, _cfg(), space) is None
+
+
+def test_a_merged_pruner_spec_is_one_line_naming_the_groups() -> None:
+    merged = {
+        "_target_": "optuna.pruners.MedianPruner",
+        "min_resource": 1,  # left over from hyperband
+        "n_warmup_steps": 1,
+    }
+    with pytest.raises(ConfigError) as e:
+        build_pruner(merged)
+    message = str(e.value)
+    assert "\n" not in message and "min_resource" in message
+    assert "hydra/sweeper/pruner=NAME" in message and "hyperband" in message
+    with pytest.raises(ConfigError, match="not an optuna sampler"):
+        build("sampler", {"_target_": "optuna.pruners.NopPruner"})
+    assert {"median", "hyperband", "none"} <= set(group_options("pruner"))
+    assert {"tpe", "random"} <= set(group_options("sampler"))
+    for name in group_options("pruner"):  # every shipped option builds as it is
+        spec = OmegaConf.to_container(OmegaConf.load(f"conf/hydra/sweeper/pruner/{name}.yaml"))
+        build_pruner(resolve_resource(spec, _cfg(), {}))
+    for name in group_options("sampler"):
+        build(
+            "sampler",
+            OmegaConf.to_container(OmegaConf.load(f"conf/hydra/sweeper/sampler/{name}.yaml")),
+        )
+
+
+@pytest.mark.parametrize(
+    "switch, target",
+    [
+        ([], "optuna.pruners.HyperbandPruner"),
+        (["hydra/sweeper/pruner=median"], "optuna.pruners.MedianPruner"),
+        (["hydra/sweeper/pruner=none", "hydra/sweeper/sampler=random"], "optuna.pruners.NopPruner"),
+    ],
+)
+def test_pruner_and_sampler_switch_whole_from_the_command_line(switch, target) -> None:
+    proc = run_cli("src.train", "hparams_search=sentiment", *switch, "--cfg", "hydra")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweeper = OmegaConf.create(proc.stdout).hydra.sweeper
+    assert sweeper.pruner._target_ == target
+    # switched whole: no argument of the shipped Hyperband is left on another pruner
+    if target != "optuna.pruners.HyperbandPruner":
+        assert "max_resource" not in sweeper.pruner
+    if "hydra/sweeper/sampler=random" in switch:
+        assert sweeper.sampler._target_ == "optuna.samplers.RandomSampler"
+        assert "n_startup_trials" not in sweeper.sampler
+
+
+def test_target_override_is_a_one_line_error_before_any_trial(tmp_path: Path) -> None:
+    proc = run_cli(
+        "src.train",
+        "-m",
+        "hparams_search=sentiment",
+        "hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        timeout=120,
+    )
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("error: hydra.sweeper.pruner: optuna.pruners.MedianPruner(")
+    assert "hydra/sweeper/pruner=NAME" in err[-1] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "sweep" / "optuna.db").exists()  # nothing was created
+
+
+def test_a_trial_pruned_at_its_last_epoch_completes(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """ThresholdPruner(lower=1.01) says 'prune' at every report. With warm-up 1 a 2-epoch trial is
+    cut after epoch 1 (step 1); a 1-epoch trial trained fully, so it is COMPLETE, not PRUNED."""
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01, "n_warmup_steps": 1}
+    params = {"trainer.max_epochs": "choice(1, 2)"}
+    grid = {
+        "_target_": "optuna.samplers.GridSampler",
+        "search_space": {"trainer.max_epochs": [1, 2]},
+    }
+    search_config(tmp_path, "last", n_trials=2, pruner=pruner, sampler=grid, params=params)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("last", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    cmd.remove("trainer.max_epochs=4")  # searched here
+    run_sweep(cmd)
+    by_epochs = {t.params["trainer.max_epochs"]: t for t in load(sweep_dir, "last").get_trials()}
+    one, two = by_epochs[1], by_epochs[2]
+    assert one.state == TrialState.COMPLETE and sorted(one.intermediate_values) == [1]
+    assert two.state == TrialState.PRUNED and sorted(two.intermediate_values) == [1]
+    assert (Path(two.user_attrs["run_dir"]) / "metrics.json").is_file()

@@ -1,0 +1,74 @@
+"""Where a sweep's storage URL comes from, and that its password is never written or passed on:
+`hydra.sweeper.storage=env:NAME | file:PATH`, FTLAB_STORAGE_URL for a null setting, and a
+password in the setting itself refused. (A real PostgreSQL sweep: tests/test_sweep.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src.errors import ConfigError
+from src.sweep.runner import Sweep, SweepSettings
+from src.sweep.space import parse_params
+from src.sweep.study import STORAGE_ENV, resolve_ref, storage_ref, storage_url
+from src.sweep.trial import ENV_STORAGE
+
+URL = "postgresql+psycopg://ftlab:hunter2@db.example:5432/optuna"
+
+
+def test_storage_setting_spellings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
+    assert storage_ref(None) is None
+    monkeypatch.setenv(STORAGE_ENV, URL)
+    assert storage_url(None, tmp_path) == URL  # null: the environment's URL
+    assert storage_ref(None) == f"env:{STORAGE_ENV}"
+
+    monkeypatch.setenv("MY_DB", URL)
+    assert storage_url("env:MY_DB", tmp_path) == URL and storage_ref("env:MY_DB") == "env:MY_DB"
+    secret = tmp_path / "url.txt"
+    secret.write_text(f"\n{URL}\n")
+    assert storage_url(f"file:{secret}", tmp_path) == URL
+    assert resolve_ref(f"file:{secret}") == URL
+    assert storage_ref("sqlite:///x.db") is None  # no secret: trials get the URL itself
+    assert storage_url("postgresql://ftlab@db/optuna", tmp_path).endswith("ftlab@db/optuna")
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (URL, "holds a password in clear"),
+        ("env:NOT_SET_ANYWHERE", "environment variable NOT_SET_ANYWHERE is not set"),
+        ("file:/nonexistent/url.txt", "cannot read"),
+    ],
+)
+def test_storage_setting_errors_name_the_fix_and_hide_the_password(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        storage_url(setting, tmp_path)
+    assert message in str(e.value) and "hunter2" not in str(e.value)
+    if setting == URL:
+        assert STORAGE_ENV in str(e.value) and "file:PATH" in str(e.value)
+
+
+def test_trial_environment_holds_the_reference_not_the_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a trial process is given: the reference it resolves itself, never the URL."""
+    db = tmp_path / "secret.db"
+    monkeypatch.setenv("MY_DB", f"sqlite:///{db}")  # stands in for a URL with a password
+    settings = SweepSettings(
+        n_trials=1,
+        study_name="s",
+        storage=storage_url("env:MY_DB", tmp_path),
+        storage_ref=storage_ref("env:MY_DB"),
+        direction="maximize",
+        monitor="val/acc",
+    )
+    sweep = Sweep(settings, parse_params({"optimizer.lr": "interval(0.1, 0.2)"}), [], tmp_path)
+    trial = sweep.study.ask()
+    env = sweep._trial_env(trial, [])
+    assert env[ENV_STORAGE] == "env:MY_DB"
+    assert resolve_ref(env[ENV_STORAGE]) == f"sqlite:///{db}"  # what the trial opens
