@@ -22,9 +22,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from src.errors import ConfigError
 from src.sweep.runner import gpu_assignment, last_error_line
 from src.sweep.space import parse_params, split_arguments, to_overrides
-from src.sweep.study import mask_url, retry_of
+from src.sweep.study import mask_url, retry_of, top_trial_run_dirs
 from tests.conftest import QUIET, ROOT, read_metrics, run_cli, tiny_text_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -216,6 +217,9 @@ def test_pruning_sweep_with_two_workers(
         t.number for t in trials if list(Path(t.user_attrs["run_dir"]).glob("checkpoints/*.ckpt"))
     }
     assert with_ckpts == {t.number for t in best_two}, (with_ckpts, [t.value for t in trials])
+    if sum(t.state == TrialState.COMPLETE for t in trials) > 2:  # an ensemble of more: one line
+        with pytest.raises(ConfigError, match=r"keep_checkpoints\); use top_k<=2"):
+            top_trial_run_dirs(str(sweep_dir), "prune", 3)
     # n_workers=2: two trial processes ran at the same time
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), spans
@@ -298,6 +302,8 @@ def test_killed_sweep_resumes_to_exactly_n_trials(
         assert trials[k.number].state == TrialState.FAIL
         retries = [t for t in trials if retry_of(t)[:1] == [k.number]]
         assert len(retries) == 1 and retries[0].state in FINISHED and retries[0].params == k.params
+        error = trials[k.number].user_attrs["error"]  # not empty: says what happened
+        assert error.startswith("worker lost") and f"retried as trial {retries[0].number}" in error
         # ... in the same run dir, from the killed attempt's last.ckpt: its first report comes
         # after epoch 2 or later, at the step it had reached (steps count validations)
         retry = retries[0]

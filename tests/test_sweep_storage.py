@@ -12,7 +12,7 @@ from src.errors import ConfigError
 from src.sweep.runner import Sweep, SweepSettings
 from src.sweep.space import parse_params
 from src.sweep.study import STORAGE_ENV, resolve_ref, storage_ref, storage_url
-from src.sweep.trial import ENV_STORAGE
+from src.sweep.trial_env import ENV_STORAGE
 
 URL = "postgresql+psycopg://ftlab:hunter2@db.example:5432/optuna"
 

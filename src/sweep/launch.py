@@ -142,7 +142,7 @@ def _child_main(argv: list[str], env: dict[str, str], cwd: str, log_path: str) -
     os.environ.update(env)
     os.chdir(cwd)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from src.sweep.trial import ENV_PARENT_PID
+    from src.sweep.trial_env import ENV_PARENT_PID
 
     os.environ[ENV_PARENT_PID] = str(os.getppid())  # the forkserver: its death ends this trial
     if cuda_driver_loaded():

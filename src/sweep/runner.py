@@ -32,7 +32,7 @@ from optuna.trial import Trial, TrialState
 
 from src import PROJECT_ROOT
 from src.errors import ConfigError
-from src.sweep import trial as trial_env
+from src.sweep import trial_env
 from src.sweep.launch import TRIAL_STARTS, TrialProcess, WarmStarter, cold_start
 from src.sweep.pruning import build, build_pruner, describe
 from src.sweep.report import write_report
@@ -196,6 +196,7 @@ class Sweep:
         self._interrupted = False
         self._done = False
         self._procs: dict[int, TrialProcess] = {}
+        self._trials_run = 0  # by this command
         self._warm: WarmStarter | None = None
         self._report_lock = threading.Lock()
         self._last_plots = 0.0
@@ -303,7 +304,8 @@ class Sweep:
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
-        self.report(plots=True)
+        # Plots cost seconds (matplotlib): not redrawn for a command that ran no trial.
+        self.report(plots=self._trials_run > 0 or not (self.sweep_dir / "plots").is_dir())
         return self.study
 
     def _start_forkserver(self) -> None:
@@ -333,6 +335,7 @@ class Sweep:
                     return
                 self._stop.wait(self.s.poll_interval_s)
                 continue
+            self._trials_run += 1
             try:
                 self._run_trial(trial, gpus)
             except Exception:

@@ -174,9 +174,28 @@ def quiet_experimental() -> Iterator[None]:
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """RUNNING trials whose worker stopped sending heartbeats -> FAIL, re-queued as WAITING copies."""
+    """RUNNING trials whose worker stopped sending heartbeats -> FAIL, re-queued as WAITING copies;
+    each gets an `error` that says so (Optuna leaves it empty), and which trial retries it."""
+    running = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
+    if not running:
+        return
+    storage = study._storage
+    lost = [storage.get_trial(i) for i in running]
+    lost = [t for t in lost if t.state == TrialState.FAIL and not t.user_attrs.get("error")]
+    if not lost:
+        return
+    retries = {n: t.number for t in study.get_trials(deepcopy=False) for n in retry_of(t)[-1:]}
+    grace = getattr(storage, "grace_period", None) or 2 * (storage.get_heartbeat_interval() or 0)
+    for t in lost:
+        retried = f"; retried as trial {retries[t.number]}" if t.number in retries else ""
+        error = (
+            f"worker lost: no heartbeat for {grace} s (sweep killed, machine down or preempted; "
+            f"its duration runs to when this was noticed){retried}"
+        )
+        storage.set_trial_user_attr(t._trial_id, "error", error)
+        log.warning("trial %d: %s", t.number, error)
 
 
 def retry_of(trial: FrozenTrial) -> list[int]:
@@ -332,6 +351,15 @@ def top_trial_run_dirs(storage: str, study_name: str | None, top_k: int | None) 
         if not run_dir or not Path(run_dir).is_dir():
             raise ConfigError(
                 f"trial {t.number} of study {study_name!r}: its run dir {run_dir} is not on this machine"
+            )
+        if not list(Path(run_dir).rglob("*.ckpt")):
+            kept = sum(
+                1 for u in done if list(Path(u.user_attrs.get("run_dir") or "/-").rglob("*.ckpt"))
+            )
+            raise ConfigError(
+                f"trial {t.number} of study {study_name!r} (rank {chosen.index(t) + 1}) has no "
+                f"checkpoint left in {run_dir}: the sweep kept only the best trials' "
+                f"(hydra.sweeper.keep_checkpoints); use top_k<={kept}"
             )
         log.info("trial %d (%s): %s", t.number, t.value, run_dir)
         run_dirs.append(run_dir)

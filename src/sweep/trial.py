@@ -27,18 +27,18 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from src.errors import FtlabError
+from src.sweep.trial_env import (  # noqa: F401  (ENV_* are this module's API too)
+    ENV_PARENT_PID,
+    ENV_PRUNER,
+    ENV_STORAGE,
+    ENV_STUDY,
+    ENV_TRIAL_ID,
+    ENV_TRIAL_NUMBER,
+    PRUNED_MARKER,
+    TIMING_FILE,
+)
 
 log = logging.getLogger(__name__)
-
-# Set by the sweeper for each trial process.
-ENV_STORAGE = "FTLAB_SWEEP_STORAGE"
-ENV_STUDY = "FTLAB_SWEEP_STUDY"
-ENV_TRIAL_ID = "FTLAB_SWEEP_TRIAL_ID"
-ENV_TRIAL_NUMBER = "FTLAB_SWEEP_TRIAL_NUMBER"
-ENV_PRUNER = "FTLAB_SWEEP_PRUNER"  # JSON: the pruner's config ({"_target_": ..., ...} or null)
-ENV_PARENT_PID = "FTLAB_SWEEP_PARENT_PID"
-PRUNED_MARKER = "pruned.json"
-TIMING_FILE = "trial_timing.json"  # {"first_step_at": unix time}: the sweeper's start-up measure
 
 
 def sweep_callbacks(cfg: DictConfig) -> list[Callback]:
