@@ -182,7 +182,7 @@ def test_pruning_sweep_with_two_workers(
     params = {"optimizer.lr": "choice(1e-6, 3e-3)"}
     search_config(tmp_path, "prune", n_trials=6, pruner=pruner, sampler=sampler, params=params)
     sweep_dir = tmp_path / "sweep"
-    run_sweep(
+    proc = run_sweep(
         sweep_cmd(
             "prune",
             tmp_path,
@@ -196,6 +196,9 @@ def test_pruning_sweep_with_two_workers(
 
     study = load(sweep_dir, "prune")
     trials = study.get_trials()
+    # the status line, after every trial (and every progress_interval_s)
+    output = proc.stdout + proc.stderr
+    assert "sweep 'prune': 6/6 finished (" in output and "elapsed" in output, output[-3000:]
     assert len(trials) == 6 and all(t.state in FINISHED for t in trials), [t.state for t in trials]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, [(t.number, t.intermediate_values) for t in trials]

@@ -84,6 +84,9 @@ class FtlabOptunaSweeperConf:
     # When the study is done: train the best trial's configuration again on the whole training
     # data (data.limit_train=null) with a test pass, in <sweep dir>/refit_trial_<n>; best.yaml then
     # reproduces that run. refit_overrides are added to it (e.g. [trainer.max_epochs=5]).
+    # Seconds between status lines (finished / running / pruned / failed, best, time left); one
+    # is also logged after every trial. 0: only after trials.
+    progress_interval_s: float = 60.0
     refit: bool = False
     refit_overrides: Any = field(default_factory=list)
 
@@ -173,6 +176,7 @@ class FtlabOptunaSweeper(Sweeper):
             seed_from=_container(s.get("seed_from")),
             trial_start=str(s.get("trial_start", "warm")),
             keep_checkpoints=s.get("keep_checkpoints", 3),
+            progress_interval_s=float(s.get("progress_interval_s", 60.0)),
         )
         groups = [str(g) for g in choices]
         sweep = Sweep(settings, space, [*plain, *hydra_overrides], sweep_dir, config_groups=groups)

@@ -22,8 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,12 @@ from optuna.trial import Trial, TrialState
 from src import PROJECT_ROOT
 from src.errors import ConfigError
 from src.sweep import trial_env
-from src.sweep.launch import TRIAL_STARTS, TrialProcess, WarmStarter, cold_start
+from src.sweep.launch import TrialProcess, WarmStarter, cold_start
+from src.sweep.progress import status_line
 from src.sweep.pruning import build, build_pruner, describe
 from src.sweep.report import write_report
+from src.sweep.retention import drop_checkpoints
+from src.sweep.settings import SweepSettings
 from src.sweep.space import SearchSpace, format_value, to_overrides
 from src.sweep.study import (
     Budget,
@@ -50,69 +52,6 @@ from src.sweep.study import (
 from src.sweep.warm import enqueue, seed_from
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SweepSettings:
-    """`hydra.sweeper.*`, resolved (see conf/hparams_search/*.yaml for what each means)."""
-
-    n_trials: int
-    study_name: str
-    storage: str  # an RDB URL
-    direction: str
-    monitor: str
-    n_workers: int = 1
-    sampler: Mapping[str, Any] | None = None
-    pruner: Mapping[str, Any] | None = None
-    heartbeat_interval: int = 30
-    grace_period: int | None = None
-    max_retry: int = 3
-    devices_per_worker: int | None = None
-    report_interval_s: float = 60.0
-    enqueue: list[dict[str, Any]] | None = None  # configurations to try first
-    seed_from: dict[str, Any] | None = None  # {storage, study_name} of an earlier study
-    trial_start: str = "warm"  # warm: forked from a preloaded forkserver; cold: a new interpreter
-    # Trials whose checkpoints are kept: the best `keep_checkpoints` COMPLETE ones, plus running
-    # trials and failed ones that may be retried from their last.ckpt; null keeps every trial's.
-    keep_checkpoints: int | None = 3
-    poll_interval_s: float = 2.0
-    extra_env: dict[str, str] = field(default_factory=dict)
-    # What trials are told to open: `storage`, or the `env:NAME` / `file:PATH` reference that
-    # holds it when it has a password (the secret is never passed on in clear).
-    storage_ref: str | None = None
-
-    def check(self) -> None:
-        if self.n_trials < 1:
-            raise ConfigError(
-                f"hydra.sweeper.n_trials={self.n_trials} is invalid: must be an int >= 1"
-            )
-        if self.n_workers < 1:
-            raise ConfigError(
-                f"hydra.sweeper.n_workers={self.n_workers} is invalid: must be an int >= 1"
-            )
-        if self.direction not in ("maximize", "minimize"):
-            raise ConfigError(
-                f"hydra.sweeper.direction={self.direction!r} is invalid: choose maximize or minimize"
-            )
-        if self.trial_start not in TRIAL_STARTS:
-            raise ConfigError(
-                f"hydra.sweeper.trial_start={self.trial_start!r} is invalid: choose {' or '.join(TRIAL_STARTS)}"
-            )
-        if self.keep_checkpoints is not None and (
-            isinstance(self.keep_checkpoints, bool) or int(self.keep_checkpoints) < 1
-        ):
-            raise ConfigError(
-                f"hydra.sweeper.keep_checkpoints={self.keep_checkpoints!r} is invalid: an int >= 1 "
-                "(the best trials whose checkpoints are kept) or null (keep every trial's)"
-            )
-        if self.heartbeat_interval < 1:
-            raise ConfigError(
-                f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval} is invalid: must be an int >= 1 (seconds)"
-            )
-        # A bad sampler or pruner spec fails here, before any storage or trial.
-        build_pruner(dict(self.pruner) if self.pruner else None)
-        if self.sampler:
-            build("sampler", dict(self.sampler))
 
 
 def gpu_assignment(
@@ -197,6 +136,7 @@ class Sweep:
         self._done = False
         self._procs: dict[int, TrialProcess] = {}
         self._trials_run = 0  # by this command
+        self._started = time.time()
         self._warm: WarmStarter | None = None
         self._report_lock = threading.Lock()
         self._last_plots = 0.0
@@ -285,9 +225,13 @@ class Sweep:
         try:
             for w in workers:
                 w.start()
+            last_status = time.time()
             while any(w.is_alive() for w in workers):
                 for w in workers:
                     w.join(timeout=0.5)
+                if time.time() - last_status >= self.s.progress_interval_s > 0:
+                    last_status = time.time()
+                    self.log_status()
         except KeyboardInterrupt:
             log.warning(
                 "sweep interrupted: stopping trial processes; their trials are re-queued for the next run"
@@ -471,46 +415,22 @@ class Sweep:
         log.info("trial %d %s %s (%s)", trial.number, state.name, shown, trial_dir)
         self.drop_checkpoints()
         self.report()
+        self.log_status()
+
+    def log_status(self) -> None:
+        """Trials done / running / pruned / failed, the best so far, the time left."""
+        try:
+            log.info(
+                status_line(
+                    self.study, self.s.n_trials, self.s.n_workers, self.s.monitor, self._started
+                )
+            )
+        except Exception as e:  # a storage hiccup must not stop the sweep
+            log.warning("no sweep status: %s", e)
 
     def drop_checkpoints(self) -> None:
-        """Delete the checkpoints of finished trials outside the best `keep_checkpoints` (a BERT-base
-        trial's best + last are ~0.9 GB). Kept: the best trials, running and queued ones, and
-        failed ones no retry has replaced yet (a retry continues from their last.ckpt)."""
-        if self.s.keep_checkpoints is None:
-            return
-        try:
-            trials = self.study.get_trials(deepcopy=False)
-        except Exception as e:  # a storage hiccup: try again after the next trial
-            log.warning("could not list trials to drop checkpoints: %s", e)
-            return
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        complete.sort(key=lambda t: t.value, reverse=self.s.direction == "maximize")
-        retried = {n for t in trials for n in retry_of(t)}
-        keep = {t.user_attrs.get("run_dir") for t in complete[: int(self.s.keep_checkpoints)]}
-        keep |= {
-            t.user_attrs.get("run_dir")
-            for t in trials
-            if t.state in (TrialState.RUNNING, TrialState.WAITING)
-            or (t.state == TrialState.FAIL and t.number not in retried)
-        }
-        for t in trials:
-            run_dir = t.user_attrs.get("run_dir")
-            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or run_dir in keep:
-                continue
-            ckpts = list((Path(run_dir) / "checkpoints").glob("*.ckpt")) if run_dir else []
-            if not ckpts:
-                continue
-            size = sum(p.stat().st_size for p in ckpts)
-            for p in ckpts:
-                p.unlink(missing_ok=True)
-            log.info(
-                "trial %d: removed its %d checkpoint(s), %.0f MB (not among the best %d; "
-                "hydra.sweeper.keep_checkpoints)",
-                t.number,
-                len(ckpts),
-                size / 1e6,
-                self.s.keep_checkpoints,
-            )
+        if self.s.keep_checkpoints is not None:
+            drop_checkpoints(self.study, int(self.s.keep_checkpoints), self.s.direction)
 
     # -- report ----------------------------------------------------------------------------------
     def report(self, plots: bool | None = None) -> None:
