@@ -120,3 +120,25 @@ def test_a_trial_pruned_at_its_last_epoch_completes(
     assert one.state == TrialState.COMPLETE and sorted(one.intermediate_values) == [1]
     assert two.state == TrialState.PRUNED and sorted(two.intermediate_values) == [1]
     assert (Path(two.user_attrs["run_dir"]) / "metrics.json").is_file()
+
+
+def test_shipped_searches_fit_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hparams_search=sentiment` searches a 4,000-sentence slice on a CPU and the whole of SST-2
+    on a GPU; search configs skip the trials' test pass."""
+    import src
+
+    cfg = OmegaConf.create(
+        {"limit_train": "${ftlab_cpu_or_gpu:4000,null}", "val": "${ftlab_cpu_or_gpu:0.1,0.02}"}
+    )
+    monkeypatch.setattr(src, "has_gpu", lambda: False)
+    assert (cfg.limit_train, cfg.val) == (4000, 0.1)
+    monkeypatch.setattr(src, "has_gpu", lambda: True)
+    assert (cfg.limit_train, cfg.val) == (None, 0.02)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert src.has_gpu() is False
+    for name in ("sentiment", "hymenoptera"):
+        search = OmegaConf.load(f"conf/hparams_search/{name}.yaml")
+        assert search.test is False
+        assert any("pruner" in str(d) for d in search.defaults), name
