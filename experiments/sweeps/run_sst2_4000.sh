@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Round 3 of experiments/sweeps/README.md: `make sweep` as it ships (hparams_search=sentiment:
+# MiniLM on a seeded 4,000-sentence SST-2 slice, 10% val carve, 16 trials, TPE seed 42, lr 1e-5..1e-3,
+# 2..3 epochs, median pruner), the same study without pruning, then the pruned study's best
+# refitted on all of SST-2 train and tested on dev. One after the other, warm trial start.
+#   bash experiments/sweeps/run_sst2_4000.sh
+# Reports are copied here (paths made relative); trial run dirs stay in logs/sweeps/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+COMMON=(-m hparams_search=sentiment callbacks.progress_bar=null "$@")
+run() {  # name, extra overrides...
+  local name=$1; shift
+  local start=$SECONDS
+  $PY -m src.train "${COMMON[@]}" hydra.sweeper.study_name="$name" "$@" >> "experiments/sweeps/$name.log" 2>&1
+  echo "wall_time_s: $((SECONDS - start))" >> "experiments/sweeps/$name.wall"
+  mkdir -p "experiments/sweeps/$name"
+  cp logs/sweeps/"$name"/{optimization_results.yaml,trials.csv} "experiments/sweeps/$name/"
+  [ -f logs/sweeps/"$name"/best.yaml ] && cp logs/sweeps/"$name"/best.yaml "experiments/sweeps/$name/"
+  cp -r logs/sweeps/"$name"/plots "experiments/sweeps/$name/"
+  sed -i "s#$PWD/##g" "experiments/sweeps/$name"/*.{yaml,csv} "experiments/sweeps/$name.log"
+}
+run sst2_4000_median
+run sst2_4000_no_pruning hydra/sweeper/pruner=none
+run sst2_4000_median hydra.sweeper.refit=true   # the finished study: only the refit runs
