@@ -72,3 +72,25 @@ def test_trial_environment_holds_the_reference_not_the_secret(
     env = sweep._trial_env(trial, [])
     assert env[ENV_STORAGE] == "env:MY_DB"
     assert resolve_ref(env[ENV_STORAGE]) == f"sqlite:///{db}"  # what the trial opens
+
+
+def test_a_trial_lost_with_its_worker_says_so(tmp_path: Path) -> None:
+    """A RUNNING trial whose heartbeats stopped: FAIL with an error that says why (Optuna leaves
+    it empty), and a WAITING retry with the same params that starts without that error."""
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from src.sweep.study import fail_stale_trials, open_storage, retry_of
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="lost")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    fail_stale_trials(study)
+    lost, retry = study.get_trials()
+    assert lost.state == TrialState.FAIL and lost.user_attrs["error"].startswith("worker lost")
+    assert retry.state == TrialState.WAITING and retry_of(retry) == [lost.number]
+    assert retry.params == lost.params

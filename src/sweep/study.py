@@ -174,28 +174,28 @@ def quiet_experimental() -> Iterator[None]:
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """RUNNING trials whose worker stopped sending heartbeats -> FAIL, re-queued as WAITING copies;
-    each gets an `error` that says so (Optuna leaves it empty), and which trial retries it."""
-    running = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    with quiet_experimental():
-        optuna.storages.fail_stale_trials(study)
-    if not running:
-        return
+    """RUNNING trials whose worker stopped sending heartbeats -> FAIL, re-queued as WAITING copies.
+    Each first gets an `error` that says so (Optuna leaves it empty, and a finished trial can no
+    longer be changed); trials.csv's `retried_as` names the trial that retries it."""
     storage = study._storage
-    lost = [storage.get_trial(i) for i in running]
-    lost = [t for t in lost if t.state == TrialState.FAIL and not t.user_attrs.get("error")]
-    if not lost:
-        return
-    retries = {n: t.number for t in study.get_trials(deepcopy=False) for n in retry_of(t)[-1:]}
-    grace = getattr(storage, "grace_period", None) or 2 * (storage.get_heartbeat_interval() or 0)
-    for t in lost:
-        retried = f"; retried as trial {retries[t.number]}" if t.number in retries else ""
+    try:
+        stale = storage._get_stale_trial_ids(study._study_id)  # what Optuna is about to fail
+    except (AttributeError, NotImplementedError):
+        stale = []
+    if stale:
+        grace = getattr(storage, "grace_period", None) or 2 * (
+            storage.get_heartbeat_interval() or 0
+        )
         error = (
             f"worker lost: no heartbeat for {grace} s (sweep killed, machine down or preempted; "
-            f"its duration runs to when this was noticed){retried}"
+            "the duration runs to when this was noticed)"
         )
-        storage.set_trial_user_attr(t._trial_id, "error", error)
-        log.warning("trial %d: %s", t.number, error)
+        for trial_id in stale:
+            with contextlib.suppress(Exception):  # another process may have failed it already
+                storage.set_trial_user_attr(trial_id, "error", error)
+                log.warning("trial %d: %s", storage.get_trial(trial_id).number, error)
+    with quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
 
 
 def retry_of(trial: FrozenTrial) -> list[int]:
