@@ -94,3 +94,41 @@ def test_a_trial_lost_with_its_worker_says_so(tmp_path: Path) -> None:
     assert lost.state == TrialState.FAIL and lost.user_attrs["error"].startswith("worker lost")
     assert retry.state == TrialState.WAITING and retry_of(retry) == [lost.number]
     assert retry.params == lost.params
+
+
+def test_workers_follow_the_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """n_workers=auto: one worker per devices_per_worker visible GPUs, one without GPUs; each
+    trial trains on all of its worker's GPUs (trainer.devices) unless the command says otherwise."""
+    from src.sweep.runner import gpu_assignment, resolve_workers, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    gpus = visible_gpus()
+    assert resolve_workers("auto", gpus, None) == 8
+    assert resolve_workers("auto", gpus, 2) == 4
+    assert resolve_workers(3, gpus, None) == 3
+    assert resolve_workers("auto", [], None) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []
+    with pytest.raises(ConfigError, match="n_workers='many' is invalid"):
+        resolve_workers("many", gpus, None)
+
+    settings = SweepSettings(
+        n_trials=1,
+        study_name="g",
+        storage=storage_url(None, tmp_path),
+        direction="maximize",
+        monitor="val/acc",
+        n_workers=4,
+        devices_per_worker=2,
+    )
+    space = parse_params({"optimizer.lr": "interval(0.1, 0.2)"})
+    sweep = Sweep(settings, space, ["seed=1"], tmp_path)
+    trial = sweep.study.ask()
+    held = gpu_assignment([str(i) for i in range(8)], 4, 2)[1]
+    assert held == ["2", "3"]
+    assert sweep.trial_overrides(trial, held)[-1] == "trainer.devices=2"
+    assert not any(o.startswith("trainer.devices") for o in sweep.trial_overrides(trial, []))
+    pinned = Sweep(settings, space, ["trainer.devices=1"], tmp_path)
+    assert [o for o in pinned.trial_overrides(trial, held) if "devices" in o] == [
+        "trainer.devices=1"
+    ]

@@ -44,7 +44,8 @@ class FtlabOptunaSweeperConf:
     # Finished trials (complete + pruned + failed) the study aims at, over all runs and commands.
     n_trials: int = 20
     # Trial processes at a time for this command; each gets its own GPU(s) when there are some.
-    n_workers: int = 1
+    # auto: one per devices_per_worker visible GPUs (one per GPU by default); 1 without GPUs.
+    n_workers: Any = "auto"
     # null: the hparams_search name. Same name + same storage = the same study (resume, share).
     study_name: Any = None
     # null: $FTLAB_STORAGE_URL when set, else the SQLite file <sweep dir>/optuna.db. A path, or an
@@ -64,7 +65,8 @@ class FtlabOptunaSweeperConf:
     heartbeat_interval: int = 30
     grace_period: Any = None  # null: 2 x heartbeat_interval
     max_retry: int = 3
-    # GPUs per worker (CUDA_VISIBLE_DEVICES); null: the visible GPUs split evenly between workers.
+    # GPUs per worker (its CUDA_VISIBLE_DEVICES; the trial gets trainer.devices=<that many> unless
+    # it sets trainer.devices); null: the visible GPUs split evenly between the workers.
     devices_per_worker: Any = None
     # The plots are redrawn at most this often during a sweep (tables after every trial).
     report_interval_s: float = 60.0
@@ -121,7 +123,7 @@ class FtlabOptunaSweeper(Sweeper):
 
         from src.errors import ConfigError
         from src.sweep.pruning import resolve_resource
-        from src.sweep.runner import Sweep, SweepSettings
+        from src.sweep.runner import Sweep, SweepSettings, resolve_workers, visible_gpus
         from src.sweep.space import override_key, parse_params, split_arguments
         from src.sweep.study import storage_ref, storage_url
 
@@ -159,7 +161,9 @@ class FtlabOptunaSweeper(Sweeper):
 
         settings = SweepSettings(
             n_trials=int(s.get("n_trials", 20)),
-            n_workers=int(s.get("n_workers", 1)),
+            n_workers=resolve_workers(
+                s.get("n_workers", "auto"), visible_gpus(), s.get("devices_per_worker")
+            ),
             study_name=str(study_name),
             storage=storage_url(s.get("storage"), sweep_dir),
             storage_ref=storage_ref(s.get("storage")),

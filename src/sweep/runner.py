@@ -66,15 +66,26 @@ def gpu_assignment(
 
 
 def visible_gpus() -> list[str]:
+    """The GPUs this sweep may use: `CUDA_VISIBLE_DEVICES` when set, else every GPU the NVIDIA
+    driver lists (read from /proc, so the sweeper need not import torch)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return [d for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        import torch
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    listed = Path("/proc/driver/nvidia/gpus")
+    return [str(i) for i in range(len(list(listed.glob("*"))))] if listed.is_dir() else []
 
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:
-        return []
+
+def resolve_workers(n_workers: Any, visible: Sequence[str], per_worker: int | None) -> int:
+    """`hydra.sweeper.n_workers`: an int, or `auto` = one worker per `devices_per_worker` visible
+    GPUs (one per GPU by default), one on a machine without GPUs."""
+    if n_workers in (None, "auto"):
+        return max(1, len(visible) // int(per_worker or 1)) if visible else 1
+    try:
+        return int(n_workers)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"hydra.sweeper.n_workers={n_workers!r} is invalid: an int >= 1 or auto"
+        ) from None
 
 
 def last_error_line(log_file: Path, returncode: int) -> str:
@@ -306,6 +317,15 @@ class Sweep:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.s.n_workers))
         return env
 
+    def trial_overrides(self, trial: Trial, gpus: list[str]) -> list[str]:
+        """The sweep's overrides, the trial's params, and `trainer.devices=<its GPUs>` (the trial
+        trains on every GPU its worker holds, unless the command sets trainer.devices)."""
+        overrides = [*self.base_overrides, *to_overrides(trial.params)]
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        if gpus and "trainer.devices" not in keys:
+            overrides.append(f"trainer.devices={len(gpus)}")
+        return overrides
+
     def _resumable_dir(self, retried: list[int]) -> Path | None:
         """The run dir of the trial a retry replaces, when that trial left a `last.ckpt`: the
         retry continues it there (`resume=true`) instead of starting from scratch."""
@@ -331,7 +351,7 @@ class Sweep:
         trial.set_user_attr("sweep_pid", os.getpid())
         if trial.user_attrs.get("error"):
             trial.set_user_attr("error", None)  # copied from the trial this one retries
-        overrides = [*self.base_overrides, *to_overrides(trial.params)]
+        overrides = self.trial_overrides(trial, gpus)
         # What reproduces this trial outside the sweep (best.yaml, optimization_results.yaml).
         trial.set_user_attr("overrides", overrides)
         argv = [*overrides, "hydra.mode=RUN", f"hydra.run.dir={format_value(str(trial_dir))}"]
