@@ -7,7 +7,7 @@ heavy at the top: optuna and src.sweep load only when a sweep starts.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List  # noqa: UP035  (OmegaConf structured configs want typing.List)
+from typing import Any, Dict, List, Optional  # noqa: UP035  (OmegaConf structured configs want typing.*)
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
@@ -25,6 +25,27 @@ _SWEEP_ONLY = (
     "hydra.launcher",
     "hydra/launcher",
 )
+
+
+@dataclass
+class SlurmConf:
+    """`hydra.sweeper.slurm.*`, used with `hydra.sweeper.launcher=slurm` (src/sweep/slurm.py)."""
+
+    workers: int = 2  # worker jobs at a time; each runs n_workers trial slots (auto: per GPU)
+    partition: Optional[str] = None  # noqa: UP045
+    account: Optional[str] = None  # noqa: UP045
+    qos: Optional[str] = None  # noqa: UP045
+    # Minutes per job. Near the limit (submitit's SIGUSR2, 90 s before) a job re-queues its
+    # trials in the study and requeues itself; the trials continue from their last.ckpt.
+    time_min: int = 240
+    cpus_per_task: Optional[int] = None  # noqa: UP045
+    gpus_per_task: Optional[int] = None  # noqa: UP045
+    mem_gb: Optional[float] = None  # noqa: UP045
+    nodes: int = 1  # 1: a trial spanning nodes is not supported yet
+    array_parallelism: Optional[int] = None  # noqa: UP045  (null: all workers at once)
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006  (sbatch)
+    # false: submit the jobs and exit; the same command again follows, extends or resumes.
+    follow: bool = True
 
 
 @dataclass
@@ -91,6 +112,11 @@ class FtlabOptunaSweeperConf:
     progress_interval_s: float = 60.0
     refit: bool = False
     refit_overrides: Any = field(default_factory=list)
+    # local: this command runs the trials; slurm: it submits hydra.sweeper.slurm.workers jobs that
+    # each run this command with launcher=local against the same study (which the nodes must
+    # reach: a PostgreSQL URL, or SQLite on a shared file system), and follows the study.
+    launcher: str = "local"
+    slurm: SlurmConf = field(default_factory=SlurmConf)
 
 
 ConfigStore.instance().store(
@@ -182,11 +208,33 @@ class FtlabOptunaSweeper(Sweeper):
             keep_checkpoints=s.get("keep_checkpoints", 3),
             progress_interval_s=float(s.get("progress_interval_s", 60.0)),
         )
+        launcher = str(s.get("launcher", "local"))
+        if launcher not in ("local", "slurm"):
+            raise ConfigError(
+                f"hydra.sweeper.launcher={launcher!r} is invalid: choose local or slurm"
+            )
+        if launcher == "slurm":
+            from src.sweep.slurm import SlurmSettings
+
+            slurm = SlurmSettings.from_mapping(_container(s.get("slurm")))
         groups = [str(g) for g in choices]
         sweep = Sweep(settings, space, [*plain, *hydra_overrides], sweep_dir, config_groups=groups)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
-        study = sweep.run()
-        if s.get("refit"):
+        if launcher == "slurm":
+            from src import PROJECT_ROOT
+            from src.sweep.slurm import run_on_slurm, worker_argv
+
+            argv = worker_argv(
+                list(cfg.hydra.overrides.hydra),
+                list(cfg.hydra.overrides.task),
+                cfg.hydra.job.get("config_name"),
+                sweep_dir,
+            )
+            done = run_on_slurm(sweep, slurm, argv, str(PROJECT_ROOT))
+            study = sweep.study
+        else:
+            study, done = sweep.run(), True
+        if s.get("refit") and done:
             from src.sweep.refit import refit_best, refit_overrides
 
             refit_best(sweep, refit_overrides(cfg, _container(s.get("refit_overrides"))))

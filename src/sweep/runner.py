@@ -229,10 +229,14 @@ class Sweep:
             )
             for i in range(self.s.n_workers)
         ]
-        previous = signal.getsignal(signal.SIGTERM)
+        # SIGTERM (kill, scancel, preemption) and SIGUSR2 (submitit's "time limit near") stop
+        # the sweep as Ctrl-C does: its running trials are re-queued for the next worker.
+        stop_signals = (signal.SIGTERM, signal.SIGUSR2)
+        previous = {sig: signal.getsignal(sig) for sig in stop_signals}
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
-            signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+            for sig in stop_signals:
+                signal.signal(sig, _raise_keyboard_interrupt)
         try:
             for w in workers:
                 w.start()
@@ -244,6 +248,9 @@ class Sweep:
                     last_status = time.time()
                     self.log_status()
         except KeyboardInterrupt:
+            if in_main:  # a second signal (SLURM sends SIGTERM and SIGUSR2) must not cut this short
+                for sig in stop_signals:
+                    signal.signal(sig, signal.SIG_IGN)
             log.warning(
                 "sweep interrupted: stopping trial processes; their trials are re-queued for the next run"
             )
@@ -258,7 +265,8 @@ class Sweep:
             raise SystemExit(130) from None
         finally:
             if in_main:
-                signal.signal(signal.SIGTERM, previous)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         # Plots cost seconds (matplotlib): not redrawn for a command that ran no trial.
         self.report(plots=self._trials_run > 0 or not (self.sweep_dir / "plots").is_dir())
         return self.study
@@ -349,6 +357,8 @@ class Sweep:
         trial.set_user_attr("run_dir", str(trial_dir))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("sweep_pid", os.getpid())
+        if os.environ.get("FTLAB_SLURM_JOB"):  # a worker job of launcher=slurm (src/sweep/slurm.py)
+            trial.set_user_attr("slurm_job", os.environ["FTLAB_SLURM_JOB"])
         if trial.user_attrs.get("error"):
             trial.set_user_attr("error", None)  # copied from the trial this one retries
         overrides = self.trial_overrides(trial, gpus)
@@ -404,6 +414,10 @@ class Sweep:
 
     def _finish(self, trial: Trial, returncode: int, trial_dir: Path, log_file: Path) -> None:
         """Record the trial's outcome: COMPLETE (its best monitored value), PRUNED or FAIL."""
+        if returncode != 0 or not (trial_dir / "metrics.json").is_file():
+            # A signal to a whole SLURM job (scancel, preemption, time limit) reaches the trial
+            # too, which may end before this sweep's handler has marked the sweep interrupted.
+            self._stop.wait(3.0)
         if self._interrupted:
             trial.set_user_attr("error", "sweep interrupted")
             frozen = _tell_safely(self.study, trial, TrialState.FAIL)

@@ -1,0 +1,206 @@
+"""`hydra.sweeper.launcher=slurm` against a real SLURM scheduler (a one-node cluster on loopback,
+brought up by `.ci/slurm-up`): worker jobs pull trials from one study, a cancelled job's trial is
+retried from its checkpoint, a re-run submits nothing. Tiny BERT, a few epochs; each test ~1-3 min."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from src.errors import ConfigError
+from src.sweep.slurm import JOBS_ATTR, SlurmSettings, job_states, worker_argv
+from src.sweep.study import retry_of
+from tests.conftest import ROOT
+from tests.test_sweep import FINISHED, _env, _trials_if_created, load, search_config, sweep_cmd
+
+SLURM = [
+    "hydra.sweeper.launcher=slurm",
+    "hydra.sweeper.slurm.workers=2",
+    "hydra.sweeper.slurm.cpus_per_task=1",
+    "hydra.sweeper.slurm.time_min=20",
+    "hydra.sweeper.progress_interval_s=10",
+    "hydra.sweeper.trial_start=cold",  # no forkserver per job: 2 cores, 2 jobs
+]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> None:
+    """A SLURM cluster that takes jobs; outside CI its absence is a skip, in CI a failure."""
+    problem = None
+    if shutil.which("sbatch") is None:
+        problem = "no SLURM client here (sbatch)"
+    else:
+        up = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+        if up.returncode != 0 or not {"idle", "mix", "alloc"} & set(up.stdout.split()):
+            problem = f"no SLURM node up (sinfo: {(up.stdout + up.stderr).strip()!r})"
+    if problem:
+        message = f"{problem}: .ci/slurm-up brings up a one-node cluster on loopback (root, apt)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _slurm_env() -> dict[str, str]:
+    # one thread per trial: each job has one of the machine's cores
+    return {**_env(), "OMP_NUM_THREADS": "1"}
+
+
+def _cancel_all(sweep_dir: Path, name: str) -> None:
+    """No worker job outlives its test."""
+    try:
+        jobs = load(sweep_dir, name).user_attrs.get(JOBS_ATTR) or []
+    except Exception:
+        return
+    if jobs:
+        subprocess.run(["scancel", *jobs], capture_output=True)
+
+
+def test_slurm_settings_and_worker_command(tmp_path: Path) -> None:
+    s = SlurmSettings.from_mapping({"workers": 3, "partition": "gpu", "mem_gb": 8, "qos": None})
+    params = s.executor_parameters("ftlab-x")
+    assert params["partition"] == "gpu" and params["mem"] == "8192MB"
+    assert params["array_parallelism"] == 3 and "qos" not in params
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.slurm.worker is not a setting"):
+        SlurmSettings.from_mapping({"worker": 2})
+    with pytest.raises(ConfigError, match=r"slurm.workers=0 is invalid"):
+        SlurmSettings.from_mapping({"workers": 0})
+    with pytest.raises(ConfigError, match=r"slurm.nodes=2: trials that span several nodes"):
+        SlurmSettings.from_mapping({"nodes": 2})
+    argv = worker_argv(
+        ["hydra.sweeper.launcher=slurm", "hydra.sweep.dir=x", "hydra.sweeper.n_trials=4"],
+        ["hparams_search=s", "optimizer.lr=tag(log, interval(1e-3, 3e-2))"],
+        "train",
+        tmp_path,
+    )
+    assert argv == [
+        "-m",
+        "--config-name=train",
+        "hydra.sweeper.n_trials=4",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.sweeper.launcher=local",
+        "hparams_search=s",
+        "optimizer.lr=tag(log, interval(1e-3, 3e-2))",
+    ]
+
+
+@pytest.mark.integration
+def test_two_worker_jobs_finish_exactly_n_trials_and_a_rerun_submits_nothing(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, slurm_cluster: None
+) -> None:
+    search_config(tmp_path, "sl", n_trials=4)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("sl", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=2"
+    try:
+        first = subprocess.run(
+            cmd, cwd=ROOT, env=_slurm_env(), capture_output=True, text=True, timeout=600
+        )
+        out = first.stdout + first.stderr
+        assert first.returncode == 0, out[-4000:]
+        study = load(sweep_dir, "sl")
+        trials = study.get_trials()
+        assert len(trials) == 4 and all(t.state in FINISHED for t in trials), [
+            (t.number, t.state, t.user_attrs.get("error")) for t in trials
+        ]
+        params = [tuple(sorted(t.params.items())) for t in trials]
+        assert len(set(params)) == 4, params  # no trial ran twice
+        jobs = study.user_attrs[JOBS_ATTR]
+        assert len(jobs) == 2 and "submitted 2 worker job(s)" in out, out[-3000:]
+        assert {t.user_attrs["slurm_job"] for t in trials} <= set(jobs)
+        assert list((sweep_dir / "slurm").glob("*_log.out")), "job logs go under the sweep dir"
+        assert "sweep 'sl': 4/4 finished" in out and "best val/acc" in out, out[-3000:]
+        assert (sweep_dir / "optimization_results.yaml").is_file()
+
+        # the same command again: reports the finished study, submits nothing
+        again = subprocess.run(
+            cmd, cwd=ROOT, env=_slurm_env(), capture_output=True, text=True, timeout=300
+        )
+        out = again.stdout + again.stderr
+        assert again.returncode == 0, out[-3000:]
+        assert "is done: no job submitted" in out and "submitted" not in out.replace(
+            "no job submitted", ""
+        ), out[-3000:]
+        assert load(sweep_dir, "sl").user_attrs[JOBS_ATTR] == jobs
+        assert len(load(sweep_dir, "sl").get_trials()) == 4
+    finally:
+        _cancel_all(sweep_dir, "sl")
+
+
+@pytest.mark.integration
+def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, slurm_cluster: None
+) -> None:
+    """A worker job cancelled mid-trial: the trial is re-queued, the other job continues it from
+    its last.ckpt in the same run dir, and the study still reaches n_trials. The follower, exited
+    at once with follow=false, is re-run while a job still runs: it submits no duplicate."""
+    search_config(tmp_path, "cancel", n_trials=2)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("cancel", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    try:
+        submitted = subprocess.run(
+            [*cmd, "hydra.sweeper.slurm.follow=false"],
+            cwd=ROOT,
+            env=_slurm_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
+        jobs = load(sweep_dir, "cancel").user_attrs[JOBS_ATTR]
+        assert len(jobs) == 2, jobs
+        victim = None
+        deadline = time.time() + 300
+        while time.time() < deadline and victim is None:
+            for t in _trials_if_created(sweep_dir, "cancel"):
+                ckpt = sweep_dir / f"trial_{t.number}" / "checkpoints" / "last.ckpt"
+                if t.state == TrialState.RUNNING and "slurm_job" in t.user_attrs and ckpt.is_file():
+                    victim = t
+                    break
+            time.sleep(0.5)
+        assert victim is not None, [
+            (t.number, t.state) for t in _trials_if_created(sweep_dir, "cancel")
+        ]
+        subprocess.run(["scancel", victim.user_attrs["slurm_job"]], check=True)
+
+        # the follower again, while the other job still runs: follows to the end; at most one
+        # job replaces the cancelled one (when a trial is left with no worker), none duplicates
+        follow = subprocess.run(
+            cmd, cwd=ROOT, env=_slurm_env(), capture_output=True, text=True, timeout=600
+        )
+        out = follow.stdout + follow.stderr
+        assert follow.returncode == 0, out[-4000:]
+        assert "1 worker job(s) of this study already queued or running" in out, out[-3000:]
+        study = load(sweep_dir, "cancel")
+        all_jobs = study.user_attrs[JOBS_ATTR]
+        assert all_jobs[:2] == jobs and len(all_jobs) <= 3, all_jobs
+        trials = study.get_trials()
+        finished = [t for t in trials if t.state in FINISHED]
+        assert len(finished) == 2, [(t.number, t.state, t.user_attrs.get("error")) for t in trials]
+        killed = trials[victim.number]
+        assert killed.state == TrialState.FAIL, killed.user_attrs
+        assert killed.user_attrs["error"] in ("sweep interrupted", None) or killed.user_attrs[
+            "error"
+        ].startswith("worker lost"), killed.user_attrs
+        (retry,) = [t for t in trials if retry_of(t)[:1] == [victim.number]]
+        assert retry.state in FINISHED and retry.params == victim.params
+        assert retry.user_attrs["slurm_job"] != victim.user_attrs["slurm_job"]
+        # continued from the cancelled attempt's last.ckpt, in its run dir: its first report is
+        # after epoch 2 or later (steps count validations), and it trained to the end
+        assert retry.user_attrs["run_dir"] == victim.user_attrs["run_dir"]
+        assert min(retry.intermediate_values) >= 2, retry.intermediate_values
+        assert max(retry.intermediate_values) == 4, retry.intermediate_values
+        assert "resume=true" in (Path(retry.user_attrs["run_dir"]) / "trial.log").read_text()
+        params = [tuple(sorted(t.params.items())) for t in finished]
+        assert len(set(params)) == 2, params
+        deadline = time.time() + 90
+        while job_states(all_jobs) and time.time() < deadline:
+            time.sleep(1)
+        assert not job_states(all_jobs), "the worker jobs end with the study"
+    finally:
+        _cancel_all(sweep_dir, "cancel")
