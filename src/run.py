@@ -316,10 +316,14 @@ def check_resume_checkpoint(path: str, module: L.LightningModule) -> None:
             if reshaped
             else f"e.g. {(missing or unexpected)[0]}"
         )
+        hint = "the model and task config of the run that wrote it"
+        if unexpected and not missing and not reshaped and all(".pooler." in k for k in unexpected):
+            # a run from before model.pooling existed (MiniLM: auto now means mean, no pooler)
+            hint = "model.pooling=pooler: the run that wrote it pooled by BERT's pooler"
         raise ConfigError(
             f"ckpt_path={path!r} holds the weights of another model ({len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(reshaped)} of another shape; {example}); resume with "
-            "the model and task config of the run that wrote it"
+            f"{hint}"
         )
 
 
