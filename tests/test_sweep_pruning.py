@@ -65,8 +65,8 @@ def test_a_merged_pruner_spec_is_one_line_naming_the_groups() -> None:
 @pytest.mark.parametrize(
     "switch, target",
     [
-        ([], "optuna.pruners.HyperbandPruner"),
-        (["hydra/sweeper/pruner=median"], "optuna.pruners.MedianPruner"),
+        ([], "optuna.pruners.MedianPruner"),  # sentiment's own choice
+        (["hydra/sweeper/pruner=hyperband"], "optuna.pruners.HyperbandPruner"),
         (["hydra/sweeper/pruner=none", "hydra/sweeper/sampler=random"], "optuna.pruners.NopPruner"),
     ],
 )
@@ -75,9 +75,9 @@ def test_pruner_and_sampler_switch_whole_from_the_command_line(switch, target) -
     assert proc.returncode == 0, proc.stderr[-2000:]
     sweeper = OmegaConf.create(proc.stdout).hydra.sweeper
     assert sweeper.pruner._target_ == target
-    # switched whole: no argument of the shipped Hyperband is left on another pruner
-    if target != "optuna.pruners.HyperbandPruner":
-        assert "max_resource" not in sweeper.pruner
+    # switched whole: no argument of the shipped median rule is left on another pruner
+    if target != "optuna.pruners.MedianPruner":
+        assert "n_warmup_steps" not in sweeper.pruner
     if "hydra/sweeper/sampler=random" in switch:
         assert sweeper.sampler._target_ == "optuna.samplers.RandomSampler"
         assert "n_startup_trials" not in sweeper.sampler
@@ -88,13 +88,14 @@ def test_target_override_is_a_one_line_error_before_any_trial(tmp_path: Path) ->
         "src.train",
         "-m",
         "hparams_search=sentiment",
-        "hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner",
+        "hydra.sweeper.pruner._target_=optuna.pruners.HyperbandPruner",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         timeout=120,
     )
     assert proc.returncode == 2, (proc.stdout + proc.stderr)[-2000:]
     err = proc.stderr.strip().splitlines()
-    assert err[-1].startswith("error: hydra.sweeper.pruner: optuna.pruners.MedianPruner(")
+    assert err[-1].startswith("error: hydra.sweeper.pruner: optuna.pruners.HyperbandPruner(")
+    assert "n_warmup_steps" in err[-1]  # the median rule's argument, left over
     assert "hydra/sweeper/pruner=NAME" in err[-1] and "Traceback" not in proc.stderr
     assert not (tmp_path / "sweep" / "optuna.db").exists()  # nothing was created
 
