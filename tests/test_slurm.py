@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 from src.errors import ConfigError
 from src.sweep.slurm import JOBS_ATTR, SlurmSettings, job_states, worker_argv
 from src.sweep.study import retry_of
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_metrics
 from tests.test_sweep import FINISHED, _env, _trials_if_created, load, search_config, sweep_cmd
 
 SLURM = [
@@ -196,6 +197,9 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
         assert min(retry.intermediate_values) >= 2, retry.intermediate_values
         assert max(retry.intermediate_values) == 4, retry.intermediate_values
         assert "resume=true" in (Path(retry.user_attrs["run_dir"]) / "trial.log").read_text()
+        (other,) = [t for t in finished if t.number != retry.number]  # never interrupted
+        steps = read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"]
+        assert steps == read_metrics(Path(other.user_attrs["run_dir"]))["global_step"] == 60
         params = [tuple(sorted(t.params.items())) for t in finished]
         assert len(set(params)) == 2, params
         deadline = time.time() + 90
@@ -204,3 +208,61 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
         assert not job_states(all_jobs), "the worker jobs end with the study"
     finally:
         _cancel_all(sweep_dir, "cancel")
+
+
+@pytest.mark.integration
+def test_a_worker_job_at_its_time_limit_requeues_itself_and_its_trial_resumes(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, slurm_cluster: None
+) -> None:
+    """SIGUSR2 to a worker job (what submitit asks SLURM to send 90 s before the time limit, and
+    what a signal-based preemption sends): the job re-queues its trial in the study and requeues
+    itself; the requeued job continues the trial from its last.ckpt to the same global step."""
+    search_config(tmp_path, "requeue", n_trials=1)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("requeue", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    cmd += ["hydra.sweeper.slurm.workers=1", "hydra.sweeper.slurm.follow=false"]
+    try:
+        submitted = subprocess.run(
+            cmd, cwd=ROOT, env=_slurm_env(), capture_output=True, text=True, timeout=300
+        )
+        assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
+        (job,) = load(sweep_dir, "requeue").user_attrs[JOBS_ATTR]
+        ckpt = sweep_dir / "trial_0" / "checkpoints" / "last.ckpt"
+        deadline = time.time() + 300
+        while time.time() < deadline and not ckpt.is_file():
+            time.sleep(0.5)
+        assert ckpt.is_file(), _trials_if_created(sweep_dir, "requeue")
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+        deadline = time.time() + 300
+        trials: list = []
+        while time.time() < deadline:
+            trials = _trials_if_created(sweep_dir, "requeue")
+            if any(t.state in FINISHED for t in trials):
+                break
+            if job_states([job]).get(job) == "PENDING":  # requeued: SLURM holds it back 2 min
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"])
+            time.sleep(1)
+        # the job requeued itself as soon as its sweep command had re-queued the trial
+        log = "".join(p.read_text() for p in (sweep_dir / "slurm").glob(f"{job}_*_log.out"))
+        caught = _logged_at(log, "Caught signal SIGUSR2")
+        requeued = _logged_at(log, f"Requeued job {job}")
+        assert caught and requeued and requeued - caught < 60, log[-3000:]
+        (first, retry) = trials
+        assert first.state == TrialState.FAIL and first.user_attrs["error"] == "sweep interrupted"
+        assert retry.state == TrialState.COMPLETE and retry_of(retry) == [0]
+        assert retry.user_attrs["slurm_job"] == job  # the same job, requeued
+        assert retry.user_attrs["run_dir"] == first.user_attrs["run_dir"]
+        assert min(retry.intermediate_values) >= 2, retry.intermediate_values
+        assert read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"] == 60  # 4 x 15
+    finally:
+        _cancel_all(sweep_dir, "requeue")
+
+
+def _logged_at(log: str, text: str) -> float | None:
+    """When submitit logged the first line holding `text` (`submitit INFO (2026-12-02 09:17:08,379)`)."""
+    for line in log.splitlines():
+        if text in line and line.startswith("submitit") and "(" in line:
+            stamp = line.split("(", 1)[1].split(")", 1)[0]
+            return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None

@@ -141,13 +141,24 @@ class WorkerJob:
     def checkpoint(self) -> Any:
         import submitit
 
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if self._proc is not None:
             # SLURM signals every process of the job: the sweep command re-queues its trials;
             # wait for that, within the 90 s (signal_delay_s) before SLURM's kill.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=75)
+            _wait_exit(self._proc.pid, timeout=75)
         return submitit.helpers.DelayedSubmission(WorkerJob(self.argv, self.cwd))
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Wait until the child `pid` has exited, without reaping it: this runs in a signal handler
+    that interrupted `Popen.wait()`, which holds the Popen's lock and reaps it afterwards."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.5)
 
 
 def worker_argv(
