@@ -4,6 +4,7 @@ retried from its checkpoint, a re-run submits nothing. Tiny BERT, a few epochs; 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -266,3 +267,44 @@ def _logged_at(log: str, text: str) -> float | None:
             stamp = line.split("(", 1)[1].split(")", 1)[0]
             return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return None
+
+
+@pytest.mark.integration
+def test_refused_and_lost_worker_jobs_are_one_line_errors(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, slurm_cluster: None
+) -> None:
+    """sbatch's refusal, and every worker job gone before the study is done: `error: ...`."""
+    search_config(tmp_path, "lost", n_trials=2)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("lost", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    refused = subprocess.run(
+        [*cmd, "hydra.sweeper.slurm.partition=nosuch"],
+        cwd=ROOT,
+        env=_slurm_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "error: hydra.sweeper.launcher=slurm: sbatch refused the worker jobs" in refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+
+    follower = subprocess.Popen(
+        cmd, cwd=ROOT, env=_slurm_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        jobs: list = []
+        while time.time() < deadline and not jobs:
+            with contextlib.suppress(Exception):
+                jobs = load(sweep_dir, "lost").user_attrs.get(JOBS_ATTR) or []
+            time.sleep(1)
+        assert jobs
+        subprocess.run(["scancel", *jobs], check=True)
+        out = follower.communicate(timeout=180)[0]
+        assert follower.returncode == 2, out[-3000:]
+        assert "error: every worker job of study 'lost' ended before its 2 trials finished" in out
+        assert "re-run the command to submit new ones" in out, out[-3000:]
+    finally:
+        follower.kill()
+        _cancel_all(sweep_dir, "lost")
