@@ -301,6 +301,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         if "thresholds" in task.extras():
             info["thresholds"] = task.extras()["thresholds"]
     if model.modality == "text":
+        info["pooling"] = model.module.network.pooling  # inside the onnx/torchscript graph
         info["max_length"] = run_max_length(model.run_cfg)
         info["truncation_side"] = str(model.processor.truncation_side)
         if fmt == "hf":
