@@ -231,6 +231,24 @@ def _rdb_host(url: str) -> str | None:
         return None
 
 
+# squeue states of a job that has stopped pulling trials (a requeued one is PENDING again).
+ENDING = frozenset(
+    {
+        "COMPLETING",
+        "COMPLETED",
+        "CANCELLED",
+        "FAILED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "OUT_OF_MEMORY",
+        "SPECIAL_EXIT",
+    }
+)
+
+
 def job_states(job_ids: Sequence[str]) -> dict[str, str]:
     """The queued or running jobs among `job_ids` -> their state (`squeue`: works without SLURM
     accounting, which submitit's own job state needs)."""
@@ -248,7 +266,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
         raise FtlabError(f"hydra.sweeper.launcher=slurm: squeue failed: {e}") from None
     wanted = set(job_ids)
     states = dict(line.split(None, 1) for line in out.splitlines() if " " in line)
-    return {j: s.strip() for j, s in states.items() if j in wanted}
+    # A job on its way out (a cancelled one COMPLETING, say) runs no more trials: not live.
+    return {j: s.strip() for j, s in states.items() if j in wanted and s.strip() not in ENDING}
 
 
 def submit(sweep: Any, slurm: SlurmSettings, argv: Sequence[str], cwd: str) -> list[str]:
@@ -343,6 +362,7 @@ def run_on_slurm(sweep: Any, slurm: SlurmSettings, argv: Sequence[str], cwd: str
 def _follow(sweep: Any, job_poll_s: float = 10.0) -> bool:
     s, study = sweep.s, sweep.study
     seen_ended: set[str] = set()
+    idle_polls = 0
     last_status = last_jobs = 0.0
     reported = -1
     while (finished := budget(study).finished) < s.n_trials:
@@ -358,7 +378,10 @@ def _follow(sweep: Any, job_poll_s: float = 10.0) -> bool:
                 seen_ended.add(job)
                 error = last_job_error(sweep.sweep_dir, job)
                 log.warning("worker job %s ended%s", job, f": {error}" if error else "")
-            if not active and budget(study).finished < s.n_trials:
+            # No live job at two polls in a row (a requeued job may pass through an ending
+            # state between them): the study cannot finish without a new job.
+            idle_polls = 0 if active else idle_polls + 1
+            if idle_polls >= 2 and budget(study).finished < s.n_trials:
                 errors = [e for e in (last_job_error(sweep.sweep_dir, j) for j in recorded) if e]
                 raise FtlabError(
                     f"every worker job of study {s.study_name!r} ended before its {s.n_trials} "
