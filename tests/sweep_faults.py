@@ -4,6 +4,7 @@ real trial can, or to record what the trial process saw (its CUDA_VISIBLE_DEVICE
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -31,5 +32,7 @@ class Fault(Callback):
             "pid": os.getpid(),
             "ppid": os.getppid(),
             "warm": "src.sweep.preload" in sys.modules,
+            # what its DataLoader workers start with (not a second forkserver in a warm trial)
+            "start_method": multiprocessing.get_start_method(),
         }
         (Path(trainer.default_root_dir) / "fault_seen.json").write_text(json.dumps(seen))

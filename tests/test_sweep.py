@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -818,6 +819,9 @@ def test_warm_trials_crash_alone_and_see_their_slot_gpus(
         assert t.state == TrialState.COMPLETE, t.user_attrs
         seen = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "fault_seen.json").read_text())
         assert seen["warm"] and not seen["cuda_initialized"]
+        # the platform's default start method, as in a cold trial (it was "forkserver", so a
+        # DataLoader with workers started a second forkserver that imported torch again)
+        assert seen["start_method"] == multiprocessing.get_context().get_start_method()
         assert seen["CUDA_VISIBLE_DEVICES"] == t.user_attrs["gpus"] and seen[
             "CUDA_VISIBLE_DEVICES"
         ] in ("3", "5")

@@ -125,6 +125,12 @@ def _child_main(argv: list[str], env: dict[str, str], cwd: str, log_path: str) -
     from multiprocessing import forkserver
 
     os.setsid()  # its own process group, which the sweeper kills as a whole
+    # A forkserver child inherits the "forkserver" start method, so its DataLoader workers would
+    # start a second forkserver that imports torch again (~11 s for a mobilenet_v2 trial):
+    # back to the platform's default, the one a cold `python -m src.train` uses.
+    import multiprocessing
+
+    multiprocessing.set_start_method(None, force=True)
     # Let the forkserver exit when the sweeper dies (it waits for every holder of this pipe);
     # then the parent-death signal set in src/sweep/trial.py ends this trial too.
     server = forkserver._forkserver
