@@ -101,6 +101,7 @@ def test_workers_follow_the_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     trial trains on all of its worker's GPUs (trainer.devices) unless the command says otherwise."""
     from src.sweep.runner import gpu_assignment, resolve_workers, visible_gpus
 
+    monkeypatch.delenv(STORAGE_ENV, raising=False)  # the SQLite study in tmp_path
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
     gpus = visible_gpus()
     assert resolve_workers("auto", gpus, None) == 8
