@@ -17,8 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
@@ -26,10 +25,8 @@ from optuna.trial import TrialState
 from src import PROJECT_ROOT
 from src.sweep.best import train_command
 from src.sweep.launch import cold_start
+from src.sweep.runner import Sweep, last_error_line, read_json
 from src.sweep.space import format_value
-
-if TYPE_CHECKING:
-    from src.sweep.runner import Sweep
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +87,7 @@ def refit_best(sweep: Sweep, added: Sequence[str]) -> dict[str, Any] | None:
         out.flush()
         proc = cold_start(argv, env, PROJECT_ROOT, out)
         returncode = proc.wait()
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json")
     record.update(
         state="COMPLETE" if returncode == 0 and metrics else "FAIL",
         duration_s=round(time.time() - started, 1),
@@ -98,8 +95,6 @@ def refit_best(sweep: Sweep, added: Sequence[str]) -> dict[str, Any] | None:
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None},
     )
     if record["state"] == "FAIL":
-        from src.sweep.runner import last_error_line
-
         record["error"] = last_error_line(log_file, returncode)
         log.error("refit of trial %d failed: %s (%s)", best.number, record["error"], log_file)
     else:
@@ -118,12 +113,3 @@ def _running_elsewhere(record: dict[str, Any]) -> bool:
     except (OSError, ValueError):
         return False
     return int(record.get("pid") or 0) not in (0, os.getpid())
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

@@ -406,7 +406,7 @@ class Sweep:
                             log.warning("trial %d: heartbeat failed: %s", trial.number, e)
             finally:
                 self._procs.pop(trial.number, None)
-        first_step = _read_json(trial_dir / trial_env.TIMING_FILE).get("first_step_at")
+        first_step = read_json(trial_dir / trial_env.TIMING_FILE).get("first_step_at")
         if isinstance(first_step, (int, float)):
             # From the launch to the first training step: what warm start saves.
             trial.set_user_attr("startup_s", round(first_step - launched, 2))
@@ -429,7 +429,7 @@ class Sweep:
             return
         state, value, error = TrialState.FAIL, None, None
         if returncode == 0:
-            metrics = _read_json(trial_dir / "metrics.json")
+            metrics = read_json(trial_dir / "metrics.json")
             monitored = metrics.get("monitor_value")
             if (trial_dir / trial_env.PRUNED_MARKER).is_file():
                 state = TrialState.PRUNED
@@ -501,7 +501,7 @@ def _tell_safely(study: optuna.Study, trial: Trial, state: TrialState, value: fl
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
