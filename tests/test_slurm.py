@@ -260,6 +260,75 @@ def test_a_worker_job_at_its_time_limit_requeues_itself_and_its_trial_resumes(
         _cancel_all(sweep_dir, "requeue")
 
 
+@pytest.mark.integration
+def test_a_worker_job_requeued_by_scontrol_resumes_its_trial_from_its_checkpoint(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, slurm_cluster: None
+) -> None:
+    """`scontrol requeue` of a running worker job: SLURM sends SIGCONT + SIGTERM to every process
+    of the job (SIGKILL after KillWait), then runs the batch script again from its start (after a
+    ~2 min BeginTime hold). The job's sweep command re-queues its trial; the restarted job takes
+    the retry and continues it from its last.ckpt to an uninterrupted trial's global step. A
+    follower started while the job is being requeued submits no second job."""
+    search_config(tmp_path, "scontrol", n_trials=1)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("scontrol", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    cmd += ["hydra.sweeper.slurm.workers=1"]
+    follower = None
+    try:
+        submitted = subprocess.run(
+            [*cmd, "hydra.sweeper.slurm.follow=false"],
+            cwd=ROOT,
+            env=_slurm_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
+        (job,) = load(sweep_dir, "scontrol").user_attrs[JOBS_ATTR]
+        ckpt = sweep_dir / "trial_0" / "checkpoints" / "last.ckpt"
+        deadline = time.time() + 300
+        while time.time() < deadline and not ckpt.is_file():
+            time.sleep(0.5)
+        assert ckpt.is_file(), _trials_if_created(sweep_dir, "scontrol")
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        # the follower at once, while the requeued job is COMPLETING: it must count it as live
+        follower = subprocess.Popen(
+            cmd, cwd=ROOT, env=_slurm_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.time() + 400
+        while time.time() < deadline and follower.poll() is None:
+            if job_states([job]).get(job) == "PENDING":  # requeued: SLURM holds it back 2 min
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"])
+            time.sleep(1)
+        out = follower.communicate(timeout=60)[0]
+        assert follower.returncode == 0, out[-4000:]
+        study = load(sweep_dir, "scontrol")
+        assert study.user_attrs[JOBS_ATTR] == [job], (study.user_attrs[JOBS_ATTR], out[-3000:])
+        log = "".join(p.read_text() for p in (sweep_dir / "slurm").glob(f"{job}_*_log.*"))
+        # the batch script ran twice (SLURM restarted it); no SIGUSR2, no submitit requeue
+        assert log.count("Starting with JobEnvironment") == 2, log[-3000:]
+        assert "SIGUSR2" not in log, log[-3000:]
+        (first, retry) = study.get_trials()
+        assert first.state == TrialState.FAIL and first.user_attrs["error"] == "sweep interrupted"
+        assert retry.state == TrialState.COMPLETE and retry_of(retry) == [0]
+        assert retry.user_attrs["slurm_job"] == job  # the same job, restarted
+        assert retry.user_attrs["run_dir"] == first.user_attrs["run_dir"]
+        # continued, not restarted: the retry's reports go on after the first attempt's
+        assert min(retry.intermediate_values) >= 2, retry.intermediate_values
+        assert max(retry.intermediate_values) == 4, retry.intermediate_values
+        assert min(retry.intermediate_values) >= max(first.intermediate_values), (
+            first.intermediate_values,
+            retry.intermediate_values,
+        )
+        assert "resume=true" in (sweep_dir / "trial_0" / "trial.log").read_text()
+        assert read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"] == 60  # 4 x 15
+    finally:
+        if follower is not None:
+            follower.kill()
+        _cancel_all(sweep_dir, "scontrol")
+
+
 def _logged_at(log: str, text: str) -> float | None:
     """When submitit logged the first line holding `text` (`submitit INFO (2026-12-02 09:17:08,379)`)."""
     for line in log.splitlines():
