@@ -5,16 +5,13 @@ workers, NaN trials, DDP trials and a real PostgreSQL server. Each test runs the
 from __future__ import annotations
 
 import csv
-import glob
 import multiprocessing
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from src.bench.postgres import PASSWORD, local_postgres, server_binaries
 from src.errors import ConfigError
 from src.sweep.runner import gpu_assignment, last_error_line
 from src.sweep.space import parse_params, split_arguments, to_overrides
@@ -408,71 +406,19 @@ def test_ddp_trial_reports_from_rank_zero_and_prunes(
 
 # -- many machines: a real PostgreSQL server ------------------------------------------------------
 
-PG_PASSWORD = "s3cret-pw"
+PG_PASSWORD = PASSWORD
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb:
+    if server_binaries() is None:
         if os.environ.get("CI"):
             pytest.fail(
                 "PostgreSQL server binaries missing: .ci/run installs Debian's postgresql package"
             )
         pytest.skip("no PostgreSQL server here (apt-get install postgresql); CI installs it")
-    bindir = Path(initdb[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="ftlab-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root: use the package's postgres user
-        shutil.chown(root, "postgres", "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    pwfile = root / "pw"
-    pwfile.write_text(PG_PASSWORD + "\n")
-    if prefix:
-        shutil.chown(pwfile, "postgres", "postgres")
-    data = root / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run(
-        [
-            *prefix,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "ftlab",
-            f"--pwfile={pwfile}",
-            "--auth=scram-sha-256",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c max_connections=50"
-    subprocess.run(
-        [
-            *prefix,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            opts,
-            "-l",
-            str(root / "server.log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://ftlab:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with local_postgres() as url:
+        yield url
 
 
 def test_postgres_two_workers_one_study(
@@ -531,6 +477,53 @@ def test_postgres_two_workers_one_study(
     assert proc.returncode == 2 and PG_PASSWORD not in proc.stdout + proc.stderr
     assert "holds a password in clear" in proc.stderr and "FTLAB_STORAGE_URL" in proc.stderr
     assert not (tmp_path / "c" / "multirun.yaml").exists()
+
+
+def test_postgres_through_the_storage_proxy(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, postgres_url: str
+) -> None:
+    """`hydra.sweeper.storage_proxy`: the study's traffic goes through Optuna's gRPC proxy started
+    with `python -m src.sweep.storage_proxy` (its URL by reference); every trial finishes with a
+    report per epoch. A proxy that does not answer is a one-line error before any trial."""
+    search_config(tmp_path, "proxied", n_trials=2)
+    secret = tmp_path / "storage-url"
+    secret.write_text(postgres_url + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "src.sweep.storage_proxy", f"file:{secret}"]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        setting = [f"hydra.sweeper.storage=file:{secret}"]
+        cmd = sweep_cmd(
+            "proxied", tmp_path, tmp_path / "sweep", tiny_bert, tiny_text_data, *setting
+        )
+        run_sweep([*cmd, f"hydra.sweeper.storage_proxy=127.0.0.1:{port}"])
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert PG_PASSWORD not in log and f"127.0.0.1:{port}" in log, log
+    trials = load(
+        tmp_path, "proxied", storage=postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    ).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:  # one report per epoch, from the trial process through the proxy
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4], t.intermediate_values
+
+    # nothing listens on `port` now
+    cmd = sweep_cmd("proxied", tmp_path, tmp_path / "dead", tiny_bert, tiny_text_data, *setting)
+    cmd += [f"hydra.sweeper.storage_proxy=127.0.0.1:{port}", "hydra.sweeper.n_trials=3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"storage_proxy='127.0.0.1:{port}': no storage proxy answers there" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_cv_sweep_optimizes_the_cross_validation_mean(

@@ -133,3 +133,44 @@ def test_workers_follow_the_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert [o for o in pinned.trial_overrides(trial, held) if "devices" in o] == [
         "trainer.devices=1"
     ]
+
+
+def test_storage_proxy_address_and_trials_that_use_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad `hydra.sweeper.storage_proxy` fails before anything starts; a trial process with a
+    proxy in its environment opens the study through it, not through the database URL."""
+    import socket
+    import threading
+
+    import optuna
+
+    from src.sweep.storage_proxy import parse_address, serve
+    from src.sweep.trial_env import ENV_STORAGE_PROXY, ENV_STUDY, ENV_TRIAL_ID
+
+    assert parse_address("db.example:13000") == ("db.example", 13000)
+    assert parse_address(":13000") == ("localhost", 13000)
+    for bad in ("db.example", "db.example:http", "db:0", "db:70000"):
+        with pytest.raises(ConfigError, match=r"storage_proxy=.* is invalid: give HOST:PORT"):
+            parse_address(bad)
+    settings = dict(n_trials=1, study_name="s", storage="sqlite:///x.db", direction="maximize")
+    with pytest.raises(ConfigError, match=r"storage_proxy='db' is invalid"):
+        SweepSettings(**settings, monitor="val/acc", storage_proxy="db").check()
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="p", storage=url, direction="maximize")
+    trial_id = study.ask()._trial_id
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    threading.Thread(target=serve, args=(url, "127.0.0.1", port), daemon=True).start()
+    from src.sweep.trial import load_trial
+
+    monkeypatch.setenv(ENV_STORAGE, f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    monkeypatch.setenv(ENV_STORAGE_PROXY, f"127.0.0.1:{port}")
+    monkeypatch.setenv(ENV_STUDY, "p")
+    monkeypatch.setenv(ENV_TRIAL_ID, str(trial_id))
+    trial = load_trial()
+    trial.report(0.5, 1)
+    assert optuna.load_study(study_name="p", storage=url).trials[0].intermediate_values == {1: 0.5}
+    assert not (tmp_path / "no").exists()  # the database URL was never opened

@@ -73,6 +73,9 @@ class FtlabOptunaSweeperConf:
     # RDB URL (postgresql://user@host/db) for many machines; a URL with a password only by
     # reference: env:VARIABLE or file:PATH (never written to multirun.yaml or a trial's env).
     storage: Any = None
+    # HOST:PORT of Optuna's gRPC storage proxy in front of `storage` (python -m
+    # src.sweep.storage_proxy), for hundreds of workers: asks, reports and tells go through it.
+    storage_proxy: Any = None
     # maximize | minimize; null: from `mode` (max -> maximize). Must agree with `mode`.
     direction: Any = None
     # `_target_` + kwargs of an optuna sampler; null: TPESampler(seed=42).
@@ -193,6 +196,7 @@ class FtlabOptunaSweeper(Sweeper):
             study_name=str(study_name),
             storage=storage_url(s.get("storage"), sweep_dir),
             storage_ref=storage_ref(s.get("storage")),
+            storage_proxy=str(s["storage_proxy"]) if s.get("storage_proxy") else None,
             direction=direction,
             monitor=str(cfg.monitor),
             sampler=_container(s.get("sampler")),

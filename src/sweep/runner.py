@@ -141,7 +141,16 @@ class Sweep:
                 settings.heartbeat_interval,
                 settings.grace_period,
                 settings.max_retry,
+                # behind a proxy this command's own connection is used only now and then
+                pooled=settings.storage_proxy is None,
             )
+        # The study's traffic (asks, reports, tells) goes through the proxy when there is one;
+        # heartbeats, stale trials and the budget lock stay on the database (`self.storage`).
+        self.study_storage: Any = self.storage
+        if settings.storage_proxy:
+            from src.sweep.storage_proxy import proxy_storage
+
+            self.study_storage = proxy_storage(settings.storage_proxy)
         self._stop = threading.Event()
         self._interrupted = False
         self._done = False
@@ -157,7 +166,7 @@ class Sweep:
     def _open_study(self) -> optuna.Study:
         with self.lock.hold():
             study = optuna.create_study(
-                storage=self.storage,
+                storage=self.study_storage,
                 study_name=self.s.study_name,
                 direction=self.s.direction,
                 load_if_exists=True,
@@ -192,7 +201,7 @@ class Sweep:
     def _next_trial(self) -> Trial | None:
         """Start the next trial if the budget allows, atomically with respect to every other worker."""
         with self.lock.hold():
-            fail_stale_trials(self.study)
+            fail_stale_trials(self.study, self.storage)
             b: Budget = budget(self.study)
             if b.finished >= self.s.n_trials:
                 self._done = True
@@ -311,6 +320,7 @@ class Sweep:
             {
                 trial_env.ENV_STORAGE: self.s.storage_ref or self.s.storage,
                 trial_env.ENV_STUDY: self.s.study_name,
+                trial_env.ENV_STORAGE_PROXY: self.s.storage_proxy or "",
                 trial_env.ENV_TRIAL_ID: str(trial._trial_id),
                 trial_env.ENV_TRIAL_NUMBER: str(trial.number),
                 trial_env.ENV_PRUNER: json.dumps(dict(self.s.pruner) if self.s.pruner else None),

@@ -41,6 +41,9 @@ class SweepSettings:
     # What trials are told to open: `storage`, or the `env:NAME` / `file:PATH` reference that
     # holds it when it has a password (the secret is never passed on in clear).
     storage_ref: str | None = None
+    # HOST:PORT of `python -m src.sweep.storage_proxy` in front of `storage`: asks, reports and
+    # tells go through it; heartbeats, stale trials and the budget lock stay on `storage`.
+    storage_proxy: str | None = None
 
     def check(self) -> None:
         if self.n_trials < 1:
@@ -70,6 +73,10 @@ class SweepSettings:
             raise ConfigError(
                 f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval} is invalid: must be an int >= 1 (seconds)"
             )
+        if self.storage_proxy is not None:
+            from src.sweep.storage_proxy import parse_address
+
+            parse_address(self.storage_proxy)
         # A bad sampler or pruner spec fails here, before any storage or trial.
         build_pruner(dict(self.pruner) if self.pruner else None)
         if self.sampler:

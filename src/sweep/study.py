@@ -123,8 +123,10 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int | None = 3,
+    pooled: bool = True,
 ) -> RDBStorage:
-    """An RDB storage; with a heartbeat, stale RUNNING trials are failed and retried up to `max_retry`."""
+    """An RDB storage; with a heartbeat, stale RUNNING trials are failed and retried up to
+    `max_retry`. `pooled=False`: a connection only while a call runs (no idle ones held)."""
     if url.split(":", 1)[0].split("+")[0] not in (
         "sqlite",
         "postgresql",
@@ -142,6 +144,11 @@ def open_storage(
         if url.startswith("sqlite")
         else {"pool_pre_ping": True}
     )
+    if not pooled:
+        from sqlalchemy.pool import NullPool
+
+        engine_kwargs = {**engine_kwargs, "poolclass": NullPool}
+        engine_kwargs.pop("pool_pre_ping", None)
     kwargs: dict[str, Any] = {}
     with quiet_experimental():
         if heartbeat_interval:
@@ -173,10 +180,17 @@ def quiet_experimental() -> Iterator[None]:
         yield
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study, storage: RDBStorage | None = None) -> None:
     """RUNNING trials whose worker stopped sending heartbeats -> FAIL, re-queued as WAITING copies.
     Each first gets an `error` that says so (Optuna leaves it empty, and a finished trial can no
-    longer be changed); trials.csv's `retried_as` names the trial that retries it."""
+    longer be changed); trials.csv's `retried_as` names the trial that retries it. `storage`: the
+    database with the heartbeats, when the study itself goes through a storage proxy."""
+    if storage is not None and storage is not study._storage:
+        study = optuna.load_study(
+            study_name=study.study_name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+        )
     storage = study._storage
     try:
         stale = storage._get_stale_trial_ids(study._study_id)  # what Optuna is about to fail

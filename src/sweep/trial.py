@@ -31,6 +31,7 @@ from src.sweep.trial_env import (  # noqa: F401  (ENV_* are this module's API to
     ENV_PARENT_PID,
     ENV_PRUNER,
     ENV_STORAGE,
+    ENV_STORAGE_PROXY,
     ENV_STUDY,
     ENV_TRIAL_ID,
     ENV_TRIAL_NUMBER,
@@ -73,12 +74,16 @@ def load_trial():
     import optuna
 
     from src.sweep.pruning import build_pruner
+    from src.sweep.storage_proxy import proxy_storage
     from src.sweep.study import open_storage, resolve_ref
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = json.loads(os.environ.get(ENV_PRUNER) or "null")
-    # ENV_STORAGE is the URL, or `env:NAME` / `file:PATH` when the URL holds a password.
-    storage = open_storage(resolve_ref(os.environ[ENV_STORAGE]))
+    if os.environ.get(ENV_STORAGE_PROXY):
+        storage = proxy_storage(os.environ[ENV_STORAGE_PROXY])
+    else:
+        # ENV_STORAGE is the URL, or `env:NAME` / `file:PATH` when the URL holds a password.
+        storage = open_storage(resolve_ref(os.environ[ENV_STORAGE]))
     # The sampler is never used here; RandomSampler keeps Trial() from fitting a TPE model.
     study = optuna.load_study(
         study_name=os.environ[ENV_STUDY],

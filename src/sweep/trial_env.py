@@ -7,6 +7,9 @@ other machines' trials, has nothing to train.
 """
 
 ENV_STORAGE = "FTLAB_SWEEP_STORAGE"  # the storage URL, or env:NAME / file:PATH when it has a secret
+ENV_STORAGE_PROXY = (
+    "FTLAB_SWEEP_STORAGE_PROXY"  # HOST:PORT of the storage proxy, when the sweep uses one
+)
 ENV_STUDY = "FTLAB_SWEEP_STUDY"
 ENV_TRIAL_ID = "FTLAB_SWEEP_TRIAL_ID"
 ENV_TRIAL_NUMBER = "FTLAB_SWEEP_TRIAL_NUMBER"
