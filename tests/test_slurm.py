@@ -91,6 +91,44 @@ def test_slurm_settings_and_worker_command(tmp_path: Path) -> None:
     ]
 
 
+def test_a_requeued_job_is_live_while_completing_a_cancelled_one_is_not(
+    tmp_path: Path, slurm_cluster: None
+) -> None:
+    """Both show COMPLETING while their processes end (here 8 s: the script's SIGTERM trap); the
+    requeued one comes back, so a re-run must not replace it."""
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\ntrap 'sleep 8; exit 0' TERM\nfor i in $(seq 600); do sleep 1; done\n"
+    )
+    sbatch = ["sbatch", "--parsable", "-t", "5", "-c", "1", f"--output={tmp_path}/%j.out"]
+    jobs = [
+        subprocess.run([*sbatch, str(script)], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .split(";")[0]
+        for _ in range(2)
+    ]
+    requeued, cancelled = jobs
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and set(job_states(jobs).values()) != {"RUNNING"}:
+            time.sleep(0.5)
+        assert job_states(jobs) == {requeued: "RUNNING", cancelled: "RUNNING"}
+        subprocess.run(["scontrol", "requeue", requeued], check=True)
+        subprocess.run(["scancel", cancelled], check=True)
+        time.sleep(1)
+        raw = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True, text=True
+        ).stdout.split()
+        assert raw.count("COMPLETING") == 2, raw  # what squeue alone shows
+        assert job_states(jobs) == {requeued: "REQUEUED"}
+        deadline = time.time() + 60
+        while time.time() < deadline and job_states([requeued]).get(requeued) != "PENDING":
+            time.sleep(0.5)
+        assert job_states(jobs) == {requeued: "PENDING"}
+    finally:
+        subprocess.run(["scancel", *jobs], capture_output=True)
+
+
 @pytest.mark.integration
 def test_two_worker_jobs_finish_exactly_n_trials_and_a_rerun_submits_nothing(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, slurm_cluster: None
@@ -293,7 +331,11 @@ def test_a_worker_job_requeued_by_scontrol_resumes_its_trial_from_its_checkpoint
         subprocess.run(["scontrol", "requeue", job], check=True)
         # the follower at once, while the requeued job is COMPLETING: it must count it as live
         follower = subprocess.Popen(
-            cmd, cwd=ROOT, env=_slurm_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=_slurm_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         deadline = time.time() + 400

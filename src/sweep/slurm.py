@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +257,7 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
         return {}
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T"],
+            ["squeue", "-h", "-r", "-o", "%i %T %e"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -264,10 +265,29 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
         ).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise FtlabError(f"hydra.sweeper.launcher=slurm: squeue failed: {e}") from None
-    wanted = set(job_ids)
-    states = dict(line.split(None, 1) for line in out.splitlines() if " " in line)
-    # A job on its way out (a cancelled one COMPLETING, say) runs no more trials: not live.
-    return {j: s.strip() for j, s in states.items() if j in wanted and s.strip() not in ENDING}
+    wanted, live = set(job_ids), {}
+    for line in out.splitlines():
+        job, state, end = ([*line.split(), "", ""])[:3]
+        if job not in wanted:
+            continue
+        if state == "COMPLETING" and _requeued(end):
+            state = "REQUEUED"
+        # A job on its way out (a cancelled one COMPLETING, say) runs no more trials: not live.
+        if state not in ENDING:
+            live[job] = state
+    return live
+
+
+def _requeued(end_time: str) -> bool:
+    """A COMPLETING job that comes back: `scontrol requeue` (or submitit's own, at the time limit)
+    shows COMPLETING while its processes end, like a cancelled job, but its end time is no longer
+    the moment it was stopped: it is unset, or its time limit from now (measured, SLURM 22.05)."""
+    if end_time in ("", "N/A", "NONE", "Unknown"):
+        return True
+    try:
+        return datetime.fromisoformat(end_time).timestamp() > time.time() + 5
+    except ValueError:
+        return False
 
 
 def submit(sweep: Any, slurm: SlurmSettings, argv: Sequence[str], cwd: str) -> list[str]:
