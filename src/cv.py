@@ -58,9 +58,10 @@ def fold_config(cfg: DictConfig, folds: int, fold: int, resume: bool) -> DictCon
 
 def cross_validate(cfg: DictConfig) -> dict[str, Any]:
     """Run every fold (skipping finished ones when resuming); write the aggregate metrics.json."""
-    from src.run import print_summary, write_json_atomic
+    from src.results import print_summary, write_metrics
     from src.sweep.trial import ENV_TRIAL_ID, die_with_sweeper, report_cv_fold
     from src.tasks import metric_keys
+    from src.tensorboard_output import log_cv_summary
     from src.train import train
 
     folds = cv_folds(cfg)
@@ -106,9 +107,9 @@ def cross_validate(cfg: DictConfig) -> dict[str, Any]:
             ],
         }
     )
-    write_json_atomic(run_dir / "metrics.json", aggregate)
+    write_metrics(run_dir, aggregate)
     print_summary(aggregate, keys)
-    _log_to_tensorboard(run_dir, aggregate)
+    log_cv_summary(run_dir, aggregate)
     return aggregate
 
 
@@ -117,7 +118,7 @@ def aggregate_folds(
 ) -> dict[str, Any]:
     """Mean (under the metric's own key) and std (`<key>_std`, sample std) of every val/test metric
     (`keys`: the task type's, src/tasks; multiclass when not given)."""
-    from src.run import TEST_KEYS, VAL_KEYS
+    from src.results import TEST_KEYS, VAL_KEYS
 
     out: dict[str, Any] = {}
     for key in (*(keys or VAL_KEYS + TEST_KEYS), "train/loss"):
@@ -144,27 +145,3 @@ def _std(values: list[Any]) -> float | None:
         return None
     mean = sum(xs) / len(xs)
     return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _log_to_tensorboard(run_dir: Path, aggregate: dict[str, Any]) -> None:
-    """The CV summary as a markdown table in TensorBoard's text tab (`<run dir>/tensorboard`)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency; never fail a finished CV over its summary
-        return
-    rows = ["| metric | mean | std |", "|---|---|---|"]
-    for key, value in aggregate.items():
-        if "/" in key and not key.endswith("_std") and value is not None:
-            std = aggregate.get(f"{key}_std")
-            rows.append(f"| {key} | {value:.4f} | {'' if std is None else f'{std:.4f}'} |")
-    folds = aggregate["folds"]
-    rows += ["", "| fold | " + aggregate["monitor"] + " | test/acc |", "|---|---|---|"]
-    for m in folds:
-        val, test = m.get(aggregate["monitor"]), m.get("test/acc")
-        rows.append(f"| {m['fold']} | {_fmt(val)} | {_fmt(test)} |")
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        writer.add_text("cv/summary", "\n".join(rows))
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"

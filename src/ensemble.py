@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.errors import ConfigError, ensure_writable_dir, exit_on_user_error
-from src.run import write_json_atomic
+from src.results import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     for key in ("acc", "f1"):
         values = [metrics[f"member{i}/{split}/{key}"] for i in range(len(members))]
         metrics[f"members_mean/{split}/{key}"] = sum(values) / len(values)
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_metrics(out_dir, metrics)
     _write_predictions(out_dir / "predictions.csv", mean_probs, labels, members)
     line = "  ".join(
         f"{who}: acc={metrics[f'{who}/{split}/acc']:.4f} f1={metrics[f'{who}/{split}/f1']:.4f}"

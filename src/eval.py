@@ -16,8 +16,9 @@ from src.errors import ConfigError, exit_on_user_error
 from src.finetune import prepare_network
 from src.models.classifier import Classifier
 from src.models.networks import build_network, build_processor
+from src.pipeline import resolve_precision
 from src.progress import progress_bar
-from src.run import print_summary, resolve_precision, write_json_atomic
+from src.results import print_summary, write_metrics
 from src.tasks import metric_keys
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {k: float(results[0][k]) for k in keys if k in results[0]}
     metrics["ckpt_path"] = str(Path(cfg.ckpt_path).expanduser().resolve())
     metrics.update(module.task.extras())
-    write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    write_metrics(cfg.paths.output_dir, metrics)
     print_summary(metrics, keys)
     return metrics
 

@@ -416,17 +416,12 @@ def write_predictions(
     """CSV: `columns`, then predicted and prob_<label> per class; written then renamed. Returns
     the names of the added columns."""
     added = prediction_columns(list(columns), label_names)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     predicted = probs.argmax(dim=-1).tolist()
-    kept = list(columns.values())
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow([*columns, *added])
-        for i, row in enumerate(probs.tolist()):
-            writer.writerow(
-                [*(c[i] for c in kept), label_names[predicted[i]], *(f"{p:.6f}" for p in row)]
-            )
-    os.replace(tmp, path)
+    rows = [
+        [label_names[predicted[i]], *(f"{p:.6f}" for p in row)]
+        for i, row in enumerate(probs.tolist())
+    ]
+    write_csv(path, columns, added, rows)
     return added
 
 
@@ -458,15 +453,22 @@ def write_task_predictions(
         values = [
             [f"{v:.6f}" for v in row] for row in out["preds"].reshape(len(logits), -1).tolist()
         ]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write_csv(path, columns, added, values)
+    return added
+
+
+def write_csv(
+    path: Path, columns: dict[str, list[str]], added: list[str], rows: list[list[str]]
+) -> None:
+    """The input's `columns`, then the `added` prediction columns of `rows`; written then renamed."""
+    from src.atomic import atomic_path
+
     kept = list(columns.values())
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([*columns, *added])
-        for i, row in enumerate(values):
+        for i, row in enumerate(rows):
             writer.writerow([*(c[i] for c in kept), *row])
-    os.replace(tmp, path)
-    return added
 
 
 def predict(cfg: DictConfig) -> Path:

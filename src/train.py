@@ -80,13 +80,9 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Tra
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ProgressBar
 
-    from src.run import (
-        AtomicCheckpointIO,
-        ExactResume,
-        instantiate_callbacks,
-        instantiate_loggers,
-        resolve_precision,
-    )
+    from src.callbacks import instantiate_callbacks, instantiate_loggers
+    from src.checkpoints import AtomicCheckpointIO, ExactResume
+    from src.pipeline import resolve_precision
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(
@@ -147,18 +143,14 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
         preflight_text_data(cfg.data)  # files, columns and labels, read with pandas only
     import lightning as L
 
+    from src.callbacks import BestValMetrics, checkpoint_callback
+    from src.checkpoints import check_resume_checkpoint
     from src.data.report import publish_data_report
     from src.features import maybe_cache_features
     from src.finetune import check_finetune_config, finetune_callbacks
-    from src.run import (
-        BestValMetrics,
-        check_resume_checkpoint,
-        checkpoint_callback,
-        log_final_results,
-        print_summary,
-        write_json_atomic,
-    )
+    from src.results import print_summary, write_metrics
     from src.sweep.trial import sweep_callbacks
+    from src.tensorboard_output import log_final_results
     from src.tuning import maybe_find_lr
 
     check_finetune_config(cfg.get("finetune"), cfg.model.modality)
@@ -210,7 +202,7 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     )
     metrics.update(module.task.extras())  # multi-label: the thresholds used, per-label F1
     if trainer.is_global_zero:
-        write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        write_metrics(cfg.paths.output_dir, metrics)
         confusion = getattr(module, "confusion_matrix", None)
         log_final_results(trainer.loggers, cfg, metrics, confusion, datamodule.label_names)
         print_summary(metrics, metric_keys(cfg, "val") + metric_keys(cfg, "test"))

@@ -251,7 +251,7 @@ def test_mean_run_reloads_mean_and_has_no_hf_export(st_dir, tiny_text_data, tmp_
 
 def test_resuming_a_pooler_run_with_mean_says_what_to_set(tiny_bert, st_dir, tmp_path) -> None:
     """A run written before model.pooling existed (the pooler) resumed with auto -> mean."""
-    from src.run import check_resume_checkpoint
+    from src.checkpoints import check_resume_checkpoint
 
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": net(tiny_bert).state_dict(), "global_step": 3}, path)

@@ -186,7 +186,7 @@ def test_resumed_run_ends_with_the_same_weights_optimizer_and_metrics(runs) -> N
 
 KILL_MID_SAVE = """
 import os, signal, sys, torch
-from src.run import AtomicCheckpointIO
+from src.checkpoints import AtomicCheckpointIO
 
 real_save = torch.save
 def save_half_then_die(obj, f, *a, **k):
@@ -200,7 +200,7 @@ AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((1000,), 2.
 
 
 def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
-    from src.run import AtomicCheckpointIO
+    from src.checkpoints import AtomicCheckpointIO
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, last)

@@ -35,7 +35,7 @@ def config(**task: object) -> dict:
 
 def test_metric_keys_of_each_type_and_the_multiclass_contract() -> None:
     from src.checks import MONITORED
-    from src.run import TEST_KEYS, VAL_KEYS
+    from src.results import TEST_KEYS, VAL_KEYS
 
     assert metric_keys({}, "val") == VAL_KEYS  # no task.type: multiclass, the run contract
     assert metric_keys(config(type="multiclass"), "test") == TEST_KEYS

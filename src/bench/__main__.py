@@ -73,7 +73,7 @@ def setup_baseline(overrides: list[str], work: Path):
     from hydra.utils import instantiate
 
     from src.models.networks import build_network, build_processor
-    from src.run import resolve_precision
+    from src.pipeline import resolve_precision
 
     cfg = compose(overrides, work / "baseline")
     L.seed_everything(cfg.seed, verbose=False)
@@ -411,7 +411,7 @@ def machine() -> dict[str, Any]:
     import lightning
     import transformers
 
-    from src.run import cpu_has_fast_bf16
+    from src.pipeline import cpu_has_fast_bf16
 
     return {
         "cpu": cpu,

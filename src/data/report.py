@@ -307,7 +307,7 @@ def publish_data_report(report: dict[str, Any] | None, run_dir: str | Path, logg
         return
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from src.run import write_json_atomic
+    from src.atomic import write_json_atomic
 
     write_json_atomic(Path(run_dir) / "data_report.json", report)
     for lg in loggers:

@@ -26,6 +26,7 @@ from hydra.core.override_parser.types import OverrideType
 from omegaconf import OmegaConf
 
 from src import PROJECT_ROOT
+from src.atomic import write_text_atomic
 
 OVERLAY_NAME = "best.yaml"
 
@@ -93,8 +94,6 @@ def write_overlay(
     header: Sequence[str],
 ) -> bool:
     """Write best.yaml (atomically); False when the overrides cannot be a config."""
-    import os
-
     config = overlay(overrides, config_groups)
     if config is None:
         path.unlink(missing_ok=True)
@@ -102,7 +101,5 @@ def write_overlay(
     text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(
         config, sort_keys=False, default_flow_style=False
     )
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return True

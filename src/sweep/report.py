@@ -11,7 +11,6 @@ import csv
 import io
 import logging
 import math
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from src.atomic import atomic_path, write_text_atomic
 from src.sweep.best import OVERLAY_NAME, overlay_command, train_command, write_overlay
 from src.sweep.study import retry_of
 
@@ -172,7 +172,7 @@ def write_report(
     if write_best_overlay(study, info, out_dir):
         info["best_trial"]["overlay"] = str(out_dir / OVERLAY_NAME)
         info["best_trial"]["overlay_command"] = overlay_command(out_dir)
-    _write_atomic(
+    write_text_atomic(
         out_dir / "optimization_results.yaml", yaml.safe_dump(_plain(info), sort_keys=False)
     )
     rows = trial_rows(study)
@@ -183,7 +183,7 @@ def write_report(
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out_dir / "trials.csv", buf.getvalue())
+    write_text_atomic(out_dir / "trials.csv", buf.getvalue())
     if plots:
         write_plots(study, out_dir / "plots")
     return info
@@ -211,9 +211,8 @@ def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5.5)
             fig.tight_layout()
-            tmp = out_dir / f".{name}.tmp{os.getpid()}.png"
-            fig.savefig(tmp, dpi=90)
-            os.replace(tmp, out_dir / f"{name}.png")
+            with atomic_path(out_dir / f"{name}.png") as tmp:
+                fig.savefig(tmp, dpi=90, format="png")
             written.append(out_dir / f"{name}.png")
         except Exception as e:  # e.g. importances with a single distinct value
             log.info("plot %s skipped: %s", name, e)
@@ -237,12 +236,6 @@ def _read_metrics(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plain(value: Any) -> Any:
