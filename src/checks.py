@@ -57,6 +57,31 @@ DATA_KEYS: dict[str, tuple[str, ...]] = {
         "folds",
         "fold",
     ),  # fmt: skip
+    "src.data.image_csv.ImageCsvDataModule": (
+        "train_file",
+        "root",
+        "val_file",
+        "test_file",
+        "image_column",
+        "label_column",
+        "label_columns",
+        "label_names",
+        "task_type",
+        "delimiter",
+        "header",
+        "column_names",
+        "quoting",
+        "val_fraction",
+        "test_fraction",
+        "batch_size",
+        "eval_batch_size",
+        "augment",
+        "color_jitter",
+        "num_workers",
+        "seed",
+        "folds",
+        "fold",
+    ),  # fmt: skip
 }
 
 

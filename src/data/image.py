@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from src.data.report import MAX_LISTED, build_report, warn_about
 from src.data.resumable import resumable_train_loader
-from src.data.splits import fold_split, stratified_split
+from src.data.splits import carve_splits
 from src.errors import DataError
 from src.models.networks import ImagePreprocessing
 
@@ -101,6 +101,7 @@ class ImageDataModule(L.LightningDataModule):
     """
 
     data_report: dict[str, Any] | None = None  # set by setup(); see src/data/report.py
+    task_type = "multiclass"  # a folder per class: one class per image
 
     def __init__(
         self,
@@ -192,29 +193,28 @@ class ImageDataModule(L.LightningDataModule):
         splits: dict[str, Dataset] = {}
         has_val = (self.root / self.dirs["val"]).is_dir()
         has_test = (self.root / self.dirs["test"]).is_dir()
-        # Indices of the training images left for train / val after a test split is carved.
-        pool = list(range(len(train.targets)))
-        if not has_test and self.test_fraction and not (self.folds and has_val):
-            pool, test_idx = stratified_split(train.targets, self.test_fraction, self.seed)
-            splits["test"] = Subset(self._folder("train", train_transform=False), test_idx)
-        targets = [train.targets[i] for i in pool]
-        if self.folds:
-            # Cross-validation folds the training images; a val folder becomes the test split
-            # (when there is no test folder), so every fold is tested on the same held-out data.
-            train_pos, val_pos = fold_split(targets, self.folds, self.fold, self.seed)
-            splits["train"] = Subset(train, [pool[i] for i in train_pos])
-            evaluated = self._folder("train", train_transform=False)
-            splits["val"] = Subset(evaluated, [pool[i] for i in val_pos])
-            if not has_test and has_val:
-                splits["test"] = self._folder("val", train_transform=False)
-        elif has_val:
-            splits["train"] = train if len(pool) == len(train.targets) else Subset(train, pool)
+        carved = carve_splits(
+            train.targets,
+            "multiclass",
+            has_val,
+            has_test,
+            self.val_fraction,
+            self.test_fraction,
+            self.seed,
+            self.folds,
+            self.fold,
+        )
+        full = len(carved["train"]) == len(train.targets)
+        splits["train"] = train if full else Subset(train, carved["train"])
+        for split in ("val", "test"):
+            if split in carved:  # held out of train, with the eval transform
+                splits[split] = Subset(self._folder("train", train_transform=False), carved[split])
+        if "val" not in carved:
             splits["val"] = self._folder("val", train_transform=False)
-        else:
-            train_pos, val_pos = stratified_split(targets, self.val_fraction, self.seed)
-            splits["train"] = Subset(train, [pool[i] for i in train_pos])
-            evaluated = self._folder("train", train_transform=False)
-            splits["val"] = Subset(evaluated, [pool[i] for i in val_pos])
+        elif self.folds and has_val and not has_test:
+            # Cross-validation folds the training images; a val folder becomes the test split,
+            # so every fold is tested on the same held-out data.
+            splits["test"] = self._folder("val", train_transform=False)
         if has_test:
             splits["test"] = self._folder("test", train_transform=False)
         if "test" not in splits:
@@ -234,6 +234,10 @@ class ImageDataModule(L.LightningDataModule):
                 raise DataError(
                     f"the {split} folder's classes {classes} differ from train's {self.label_names}"
                 )
+        self._publish(splits)
+
+    def _publish(self, splits: dict[str, Dataset]) -> None:
+        """The final splits: their report (logged where worth a look), then batch dicts."""
         self.data_report = self._report(splits)
         warn_about(self.data_report)
         self.splits = {name: _AsDict(ds) for name, ds in splits.items()}
@@ -254,6 +258,7 @@ class ImageDataModule(L.LightningDataModule):
             label_names=self.label_names,
             dropped=dict(self._dropped),
             test_is_val=splits["test"] is splits["val"],
+            task_type=self.task_type,
         )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:

@@ -268,3 +268,50 @@ def target_stats(targets: Sequence[Any]) -> dict[str, list[float]]:
         stats["min"].append(min(column))
         stats["max"].append(max(column))
     return stats
+
+
+# --------------------------------------------------------------------------- every type
+
+
+def encode_labels(
+    task_type: str,
+    columns: dict[str, dict[str, Sequence[Any]]],
+    files: dict[str, str | None],
+    label_column: str,
+    label_columns: Sequence[str] | None = None,
+    label_names: Sequence[Any] | None = None,
+) -> tuple[list[str], dict[str, list]]:
+    """The label names and every split's labels as `task_type` reads them: class ids
+    (multiclass), 0/1 vectors (multilabel: a label set per row, or `label_columns` of 0/1),
+    targets (regression: `label_column`, or one per `label_columns`). `columns`: split -> the
+    label column(s) -> cell values; `train` decides the classes."""
+    if task_type == "multiclass":
+        col = label_column
+        values = {s: cells[col] for s, cells in columns.items()}
+        encoder = encoder_from_train(values["train"], label_names, files.get("train"), col)
+        return encoder.names, {s: encoder.encode(s, values[s], files.get(s), col) for s in values}
+    if task_type == "regression":
+        cols = list(label_columns or [label_column])
+        names = [str(n) for n in label_names or cols]
+        if len(names) != len(cols):
+            raise DataError(
+                f"data.label_names has {len(names)} names for {len(cols)} regression targets {cols}"
+            )
+        return names, {
+            s: encode_targets(s, {c: cells[c] for c in cols}, files.get(s))
+            for s, cells in columns.items()
+        }
+    if task_type != "multilabel":
+        raise DataError(f"task.type={task_type!r}: no label encoding for it")
+    if label_columns:
+        cols = list(label_columns)
+        return cols, {
+            s: encode_indicator_columns(s, {c: cells[c] for c in cols}, files.get(s))
+            for s, cells in columns.items()
+        }
+    col = label_column
+    values = {s: cells[col] for s, cells in columns.items()}
+    encoder = multilabel_encoder(values["train"], label_names, files.get("train"), col)
+    return encoder.names, {
+        s: encode_label_sets(encoder, s, values[s], files.get(s), col) for s in values
+    }

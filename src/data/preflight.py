@@ -204,73 +204,79 @@ def check_columns(file: Path, found: list[str], wanted: dict[str, str], delimite
             )
 
 
-def preflight_text_data(data: Any) -> None:
-    """The task's local files and label column(s), checked with pandas before anything heavy.
+def preflight_data(cfg: Any) -> None:
+    """The run's data files, checked with pandas before anything heavy: a table of images
+    (task=image_csv), or text files (the text tasks); image folders are checked by their module."""
+    data = cfg.data
+    if str(data.get("_target_")) == "src.data.image_csv.ImageCsvDataModule":
+        from src.data.image_table import read_image_table
 
-    Skipped when the train file is missing and the task can fall back to the hub (the data
-    module reports that case)."""
-    files = {s: data.get(f"{s}_file") for s in ("train", "val", "test")}
-    if files["train"] and not Path(str(files["train"])).expanduser().exists() and data.get("hub"):
-        return
+        read_image_table(data)
+    elif cfg.task.modality == "text":
+        preflight_text_data(data)
+
+
+def label_columns_wanted(data: Any) -> dict[str, str]:
+    """The label column(s) a data config reads, config key -> column name."""
+    label_columns = [str(c) for c in data.get("label_columns") or []]
+    if label_columns:
+        return {f"data.label_columns[{i}]": c for i, c in enumerate(label_columns)}
+    return {"data.label_column": data.get("label_column")}
+
+
+def read_split_files(data: Any, wanted: dict[str, Any]) -> dict[str, tuple[Path, Any]]:
+    """Each split's file (`data.<split>_file`): it exists, parses and has the `wanted` columns
+    (config key -> name; unset ones are skipped), as the file and a DataFrame of those columns."""
     delimiter = data.get("delimiter")
     read = {
         "quoting": data.get("quoting"),
         "header": data.get("header", True) is not False,
         "names": data.get("column_names"),
     }
-    label_columns = [str(c) for c in data.get("label_columns") or []]
-    wanted = {
-        "data.text_column": data.get("text_column"),
-        "data.text_pair_column": data.get("text_pair_column"),
-    }
-    if label_columns:
-        wanted.update({f"data.label_columns[{i}]": c for i, c in enumerate(label_columns)})
-    else:
-        wanted["data.label_column"] = data.get("label_column")
     wanted = {k: str(v) for k, v in wanted.items() if v is not None and v != ""}
-    labels_of = LabelCheck(data, label_columns)
-    for split, path in files.items():
+    frames = {}
+    for split in ("train", "val", "test"):
+        path = data.get(f"{split}_file")
         if not path:
             continue
         file = check_data_file(path, f"data.{split}_file")
         header = list(read_columns(file, delimiter, [], **read).columns)
         check_columns(file, [str(c) for c in header], wanted, delimiter)
-        # the text columns too: pandas decodes (and so checks the UTF-8 of) only what it reads
+        # every wanted column: pandas decodes (and so checks the UTF-8 of) only what it reads
         frame = read_columns(file, delimiter, list(dict.fromkeys(wanted.values())), **read)
         if frame.empty:
             raise DataError(f"{file} has no examples (empty, or a header line only)")
-        labels_of(split, frame, str(file))
+        frames[split] = (file, frame)
+    return frames
 
 
-class LabelCheck:
-    """The label column(s) of each split encoded as the task type reads them (src/data/labels.py):
-    the encoder comes from the train split, the others must fit it."""
+def encode_file_labels(data: Any, frames: dict[str, tuple[Path, Any]]) -> tuple[list[str], dict]:
+    """The label names and every split's labels, read from `frames` as the task type reads them
+    (src/data/labels.py): the classes come from the train split, the others must fit them."""
+    from src.data.labels import encode_labels
 
-    def __init__(self, data: Any, label_columns: list[str]) -> None:
-        self.type = str(data.get("task_type") or "multiclass")
-        self.label_column = str(data.get("label_column"))
-        self.label_columns = label_columns
-        self.label_names = data.get("label_names")
-        self.encoder: Any = None
+    columns = list(dict.fromkeys(str(c) for c in label_columns_wanted(data).values()))
+    return encode_labels(
+        str(data.get("task_type") or "multiclass"),
+        {s: {c: frame[c].tolist() for c in columns} for s, (_, frame) in frames.items()},
+        {s: str(file) for s, (file, _) in frames.items()},
+        str(data.get("label_column")),
+        [str(c) for c in data.get("label_columns") or []] or None,
+        data.get("label_names"),
+    )
 
-    def __call__(self, split: str, frame: Any, file: str) -> None:
-        from src.data import labels
 
-        if self.type == "regression":
-            cols = self.label_columns or [self.label_column]
-            labels.encode_targets(split, {c: frame[c].tolist() for c in cols}, file)
-            return
-        if self.type == "multilabel" and self.label_columns:
-            cols = self.label_columns
-            labels.encode_indicator_columns(split, {c: frame[c].tolist() for c in cols}, file)
-            return
-        col = self.label_column
-        values = frame[col].tolist()
-        if self.type == "multilabel":
-            if self.encoder is None:
-                self.encoder = labels.multilabel_encoder(values, self.label_names, file, col)
-            labels.encode_label_sets(self.encoder, split, values, file, col)
-            return
-        if self.encoder is None:
-            self.encoder = labels.encoder_from_train(values, self.label_names, file, col)
-        self.encoder.encode(split, values, file, col)
+def preflight_text_data(data: Any) -> None:
+    """The task's local files and label column(s), checked with pandas before anything heavy.
+
+    Skipped when the train file is missing and the task can fall back to the hub (the data
+    module reports that case)."""
+    train = data.get("train_file")
+    if train and not Path(str(train)).expanduser().exists() and data.get("hub"):
+        return
+    wanted = {
+        "data.text_column": data.get("text_column"),
+        "data.text_pair_column": data.get("text_pair_column"),
+        **label_columns_wanted(data),
+    }
+    encode_file_labels(data, read_split_files(data, wanted))

@@ -84,3 +84,52 @@ def quantile_bins(values: Sequence[float], bins: int) -> list[int]:
     for rank, i in enumerate(order):
         out[i] = rank * bins // max(len(values), 1)
     return out
+
+
+def split_strata(task_type: str, labels: Sequence[Any]) -> list[Any]:
+    """What held-out splits and folds are stratified on: the class (multiclass), the quintile of
+    the first target (regression), nothing (multi-label: a seeded random split; its CV folds are
+    stratified on the label sets instead, `fold_targets`)."""
+    if task_type == "multiclass":
+        return list(labels)
+    if task_type == "regression":
+        return quantile_bins([t[0] if isinstance(t, (list, tuple)) else t for t in labels], 5)
+    return [0] * len(labels)
+
+
+def fold_targets(task_type: str, labels: Sequence[Any]) -> list[Any]:
+    """What CV folds are stratified on: the label sets (multi-label, iterative), else the strata."""
+    return list(labels) if task_type == "multilabel" else split_strata(task_type, labels)
+
+
+def carve_splits(
+    labels: Sequence[Any],
+    task_type: str,
+    has_val: bool,
+    has_test: bool,
+    val_fraction: float,
+    test_fraction: float | None,
+    seed: int,
+    folds: int | None = None,
+    fold: int | None = None,
+) -> dict[str, list[int]]:
+    """Indices into the training examples of the splits drawn from them: `train`, `test`
+    (`test_fraction`, when there is no test data and no CV over a given val split), `val` (the
+    CV fold `fold` of `folds`, else `val_fraction` of the rest when there is no val data).
+    Seeded and stratified (`split_strata`). With CV and given val data but no test data, the
+    caller tests every fold on the val data."""
+    strata = split_strata(task_type, labels)
+    pool, carved = list(range(len(labels))), {}
+    if not has_test and test_fraction and not (folds and has_val):
+        pool, carved["test"] = stratified_split(strata, test_fraction, seed)
+    if folds:
+        targets = fold_targets(task_type, [labels[i] for i in pool])
+        train, val = fold_split(targets, folds, fold, seed)
+    elif has_val:
+        train, val = list(range(len(pool))), None
+    else:
+        train, val = stratified_split([strata[i] for i in pool], val_fraction, seed)
+    carved["train"] = [pool[i] for i in train]
+    if val is not None:
+        carved["val"] = [pool[i] for i in val]
+    return carved

@@ -236,59 +236,26 @@ class TextDataModule(L.LightningDataModule):
                 )
 
     def _encode_labels(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Map labels to 0..K-1: the classes come from the train split (or data.label_names);
-        a val / test label outside them is an error naming the label, the file and the row."""
-        from src.data.labels import encoder_from_train
+        """Labels as the task type reads them (src/data/labels.py): class ids 0..K-1 (the classes
+        come from the train split, or data.label_names), 0/1 vectors or regression targets; a
+        val / test label that does not fit is an error naming the label, the file and the row."""
+        from src.data.labels import encode_labels
 
-        if self.task_type != "multiclass":
-            encoded = self._encode_other_labels(raw)
-        else:
-            col = self.label_column
-            values = {s: column_values(ds, col) for s, ds in raw.items()}
-            encoder = encoder_from_train(
-                values["train"], self.label_names, self.files["train"], col
-            )
-            self.label_names = encoder.names
-            encoded = {s: encoder.encode(s, values[s], self.files.get(s), col) for s in raw}
+        cols = self.label_columns or [self.label_column]
+        self.label_names, encoded = encode_labels(
+            self.task_type,
+            {s: _columns(ds, cols) for s, ds in raw.items()},
+            self.files,
+            self.label_column,
+            self.label_columns,
+            self.label_names,
+        )
         return {
             s: ds.remove_columns([c for c in ("labels",) if c in ds.column_names]).add_column(
                 "labels", encoded[s]
             )
             for s, ds in raw.items()
         }
-
-    def _encode_other_labels(self, raw: dict[str, Any]) -> dict[str, list]:
-        """Multi-label 0/1 vectors or regression targets of every split (src/data/labels.py)."""
-        from src.data import labels
-
-        files = self.files
-        if self.task_type == "regression":
-            cols = self.label_columns or [self.label_column]
-            self.label_names = list(self.label_names or cols)
-            if len(self.label_names) != len(cols):
-                raise DataError(
-                    f"data.label_names has {len(self.label_names)} names for {len(cols)} "
-                    f"regression targets {cols}"
-                )
-            return {
-                s: labels.encode_targets(s, _columns(ds, cols), files.get(s))
-                for s, ds in raw.items()
-            }
-        if self.task_type != "multilabel":
-            raise DataError(f"task.type={self.task_type!r}: no label encoding for it")
-        if self.label_columns:
-            self.label_names = list(self.label_columns)
-            return {
-                s: labels.encode_indicator_columns(
-                    s, _columns(ds, self.label_columns), files.get(s)
-                )
-                for s, ds in raw.items()
-            }
-        col = self.label_column
-        values = {s: column_values(ds, col) for s, ds in raw.items()}
-        encoder = labels.multilabel_encoder(values["train"], self.label_names, files["train"], col)
-        self.label_names = encoder.names
-        return {s: labels.encode_label_sets(encoder, s, values[s], files.get(s), col) for s in raw}
 
     def _cache_key(self) -> str:
         tok = self.tokenizer
@@ -445,7 +412,7 @@ class TextDataModule(L.LightningDataModule):
         there is no test file), then val (`val_fraction` of the rest) or the CV fold."""
         from datasets import ClassLabel
 
-        from src.data.splits import fold_split, stratified_split
+        from src.data.splits import fold_split, fold_targets, stratified_split
 
         train = raw["train"]
         if self.limit_train is not None and self.limit_train < len(train):
@@ -466,8 +433,8 @@ class TextDataModule(L.LightningDataModule):
         if self.folds:
             # Cross-validation folds the training data; a val file becomes the test split
             # (when there is no test file), so every fold is tested on the same held-out data.
-            multilabel = self.task_type == "multilabel"  # iterative stratification on the sets
-            targets = column_values(train, "labels") if multilabel else self._split_targets(train)
+            # multi-label: iterative stratification on the label sets
+            targets = fold_targets(self.task_type, column_values(train, "labels"))
             train_idx, val_idx = fold_split(targets, self.folds, self.fold, self.seed)
             if "val" in raw:
                 raw.setdefault("test", raw["val"])
@@ -486,17 +453,10 @@ class TextDataModule(L.LightningDataModule):
         return raw
 
     def _split_targets(self, ds: Any) -> list[Any]:
-        """What held-out splits and folds are stratified on: the class (multiclass), the
-        quintile of the first target (regression), nothing (multi-label: a seeded random split;
-        its CV folds are stratified on the label sets instead)."""
-        from src.data.splits import quantile_bins
+        """What held-out splits and folds are stratified on (src/data/splits.py)."""
+        from src.data.splits import split_strata
 
-        labels = column_values(ds, "labels")
-        if self.task_type == "multiclass":
-            return labels
-        if self.task_type == "regression":
-            return quantile_bins([t[0] if isinstance(t, list) else t for t in labels], 5)
-        return [0] * len(labels)
+        return split_strata(self.task_type, column_values(ds, "labels"))
 
     def _tokenize(self, ds: Any) -> Any:
         """Token ids truncated to max_length, their `length`, and `n_tokens` (untruncated)."""

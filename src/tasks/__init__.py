@@ -161,13 +161,14 @@ def check_task_config(cfg: Any) -> None:
             f"type (set data.task_type=${{task.type}})"
         )
     if name != "multiclass" and data_type is None and "_target_" in data:
-        if str(data["_target_"]).endswith("TextDataModule"):
+        if str(data["_target_"]).endswith(("TextDataModule", "ImageCsvDataModule")):
             raise ConfigError(
                 f"task.type={name} needs data.task_type=${{task.type}} so the labels are read "
-                "as its type does (task=text_csv has it)"
+                "as its type does (task=text_csv and task=image_csv have it)"
             )
         raise ConfigError(
-            f"task.type={name} is supported for text data (task=text_csv) only so far"
+            f"task.type={name} needs labels read as {name} labels: task=text_csv for text, "
+            "task=image_csv for images (an image folder holds one class per image)"
         )
 
 
