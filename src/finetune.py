@@ -8,6 +8,11 @@
 - `gradual`: ULMFiT; the head first, then one more group (top down) per milestone epoch.
 - `lora`: LoRA adapters (peft) in a BERT-style encoder; only adapters and head train.
 
+Every strategy also takes groups by name: `finetune.trainable=[layer4,pooler]` (only these
+groups and the head train from the start: under `lora` only their adapters; under `gradual` the
+rest then unfreezes top down) and `finetune.frozen=[embeddings]` (never trained). Entries are
+group names or globs (`layer1*`); a name the model does not have is an error listing its groups.
+
 Freezing is one Lightning `BaseFinetuning` callback, `FreezeSchedule`: it freezes before the
 optimizer is built, adds unfrozen groups to the optimizer with their discriminative LR (the same
 names and no-decay rules as `src.optim`), lets the LR scheduler drive them, and restores the exact
@@ -28,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from src.errors import ConfigError
+from src.models.groups import select_groups
 from src.models.networks import Network
 from src.optim import group_lr, group_param_groups, sync_scheduler_groups
 
@@ -68,7 +74,14 @@ def check_finetune_config(finetune_cfg: DictConfig | None, modality: str) -> Non
             f"finetune.feature_cache=true needs finetune=feature_extraction: with "
             f"finetune={strategy} backbone groups train, so their features change at every step"
         )
-    if strategy == "partial":
+    for key in ("trainable", "frozen"):
+        _check_group_list(cfg.get(key), f"finetune.{key}")
+    if strategy == "feature_extraction" and cfg.get("trainable") is not None:
+        raise ConfigError(
+            "finetune.trainable with finetune=feature_extraction: feature extraction freezes "
+            "every layer group; to train some, use finetune=partial finetune.trainable=[...]"
+        )
+    if strategy == "partial" and cfg.get("trainable") is None:
         _int_at_least(cfg.get("trainable_groups"), "finetune.trainable_groups", 0)
     if strategy == "gradual":
         at, every = cfg.get("unfreeze_at"), cfg.get("unfreeze_every")
@@ -105,6 +118,18 @@ def check_finetune_config(finetune_cfg: DictConfig | None, modality: str) -> Non
             )
 
 
+def _check_group_list(value: Any, key: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (list, ListConfig)) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise ConfigError(
+            f"{key}={value!r} is invalid: must be a list of layer group names, e.g. "
+            f"{key}=[layer4,pooler] (or null)"
+        )
+
+
 def feature_cache_setting(finetune_cfg: DictConfig | None) -> str | bool:
     """`finetune.feature_cache`: "auto" (on where exact), True (demanded) or False; absent: off,
     except for feature_extraction, where it is "auto"."""
@@ -128,16 +153,41 @@ def prepare_network(network: Network, finetune_cfg: DictConfig | None) -> Networ
     """
     check_finetune_config(finetune_cfg, network.modality)
     strategy = _strategy(finetune_cfg)
-    n_groups = len(network.layer_groups())
-    if strategy == "partial" and finetune_cfg.trainable_groups > n_groups:
-        names = ", ".join(name for name, _ in network.layer_groups())
+    names = network.group_names()
+    trainable, frozen = selected_groups(finetune_cfg, names)
+    if strategy == "partial" and trainable is None and finetune_cfg.trainable_groups > len(names):
         raise ConfigError(
             f"finetune.trainable_groups={finetune_cfg.trainable_groups} is beyond this model's "
-            f"{n_groups} layer groups ({names}); valid: 0..{n_groups}"
+            f"{len(names)} layer groups ({', '.join(names)}); valid: 0..{len(names)}"
+        )
+    if trainable is not None or frozen:
+        log.info(
+            "layer groups by name: trainable %s; frozen %s",
+            ", ".join([*(trainable if trainable is not None else []), "head"]),
+            ", ".join(frozen) or "none",
         )
     if strategy == "lora":
         inject_lora(network, finetune_cfg)
+        network.check_groups()  # the adapters too belong to exactly one group (or the head)
     return network
+
+
+def selected_groups(
+    finetune_cfg: DictConfig | None, group_names: list[str]
+) -> tuple[list[str] | None, list[str]]:
+    """(finetune.trainable, finetune.frozen) as this model's group names (globs expanded):
+    None when trainable is not given. A name the model lacks, or a group in both, is an error."""
+    cfg = finetune_cfg or {}
+    given = cfg.get("trainable")
+    trainable = None if given is None else select_groups(given, group_names, "finetune.trainable")
+    frozen = select_groups(cfg.get("frozen") or [], group_names, "finetune.frozen")
+    both = [g for g in frozen if trainable is not None and g in trainable]
+    if both:
+        raise ConfigError(
+            f"finetune.trainable and finetune.frozen both name {', '.join(both)}; "
+            "name each group in one of them"
+        )
+    return trainable, frozen
 
 
 def inject_lora(network: Network, finetune_cfg: DictConfig) -> None:
@@ -184,9 +234,11 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 class FreezeSchedule(BaseFinetuning):
     """Which layer groups train at each epoch; unfrozen groups join the optimizer mid-run.
 
-    `trainable_groups`: how many groups, from the top, train from the start (None: all of them,
-    leaving requires_grad as the network has it, e.g. LoRA's). At each epoch in `milestones`
-    (or every `unfreeze_every` epochs), `groups_per_step` more groups unfreeze, top down.
+    `trainable_groups`: how many groups, from the top, train from the start (None: all of them);
+    `trainable` names them instead (globs allowed); groups in `frozen` never train. Groups that
+    train from the start keep requires_grad as the network has it (e.g. LoRA's: adapters only);
+    the others are frozen. At each epoch in `milestones` (or every `unfreeze_every` epochs),
+    `groups_per_step` more groups unfreeze, top down, skipping `frozen`.
     Frozen groups keep their BatchNorm layers in eval mode, so running statistics stay as
     pretrained and normalisation uses them, as at inference. With `frozen_eval`, frozen groups
     run wholly in eval mode (dropout off too): the frozen part is then a fixed function of the
@@ -200,9 +252,15 @@ class FreezeSchedule(BaseFinetuning):
         unfreeze_every: int | None = None,
         groups_per_step: int = 1,
         frozen_eval: bool = False,
+        trainable: Sequence[str] | None = None,
+        frozen: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.trainable_groups = trainable_groups
+        self.selection = {
+            "trainable": None if trainable is None else [str(t) for t in trainable],
+            "frozen": [str(f) for f in frozen],
+        }
         self.milestones = sorted(int(m) for m in milestones)
         self.unfreeze_every = unfreeze_every
         self.groups_per_step = groups_per_step
@@ -210,30 +268,37 @@ class FreezeSchedule(BaseFinetuning):
         self.trainable: set[str] = set()  # groups this schedule has made trainable
         self._restored_trainable: list[str] | None = None
 
-    def n_trainable(self, epoch: int, n_groups: int) -> int:
-        """How many groups, from the top, train during `epoch`."""
-        if self.trainable_groups is None:
-            return n_groups
+    def unfreeze_steps(self, epoch: int) -> int:
+        """How many unfreezing steps have happened by the start of `epoch`."""
         if self.unfreeze_every:
-            steps = epoch // self.unfreeze_every
-        else:
-            steps = sum(m <= epoch for m in self.milestones)
-        return min(n_groups, self.trainable_groups + steps * self.groups_per_step)
+            return epoch // self.unfreeze_every
+        return sum(m <= epoch for m in self.milestones)
+
+    def start_and_queue(self, names: list[str]) -> tuple[set[str], list[str]]:
+        """The groups that train from the start, and the rest in unfreezing order (top down);
+        `frozen` groups are in neither."""
+        trainable, frozen = selected_groups(self.selection, names)
+        if trainable is None:
+            n = len(names) if self.trainable_groups is None else self.trainable_groups
+            if n > len(names):
+                raise ConfigError(
+                    f"finetune.trainable_groups={n} is beyond this model's {len(names)} layer groups"
+                )
+            trainable = names[len(names) - n :]
+        start = set(trainable) - set(frozen)
+        queue = [n for n in reversed(names) if n not in start and n not in frozen]
+        return start, queue
 
     # -- freezing before the optimizer exists (BaseFinetuning calls this in `setup`)
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
         groups = pl_module.network.layer_groups()
-        n_start = len(groups) if self.trainable_groups is None else self.trainable_groups
-        if n_start > len(groups):
-            raise ConfigError(
-                f"finetune.trainable_groups={n_start} is beyond this model's {len(groups)} layer groups"
-            )
-        frozen, top = groups[: len(groups) - n_start], groups[len(groups) - n_start :]
-        for _, modules in frozen:
-            # train_bn=False also stops running-stat updates (track_running_stats=False)
-            self.freeze(modules, train_bn=False)
-        self.trainable = {name for name, _ in top}
+        start, _ = self.start_and_queue([name for name, _ in groups])
+        for name, modules in groups:
+            if name not in start:
+                # train_bn=False also stops running-stat updates (track_running_stats=False)
+                self.freeze(modules, train_bn=False)
+        self.trainable = start
 
     # -- unfreezing at epoch starts (BaseFinetuning records new param groups for resuming)
 
@@ -241,11 +306,10 @@ class FreezeSchedule(BaseFinetuning):
         self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
     ) -> None:
         groups = pl_module.network.layer_groups()
-        want = self.n_trainable(epoch, len(groups))
+        _, queue = self.start_and_queue([name for name, _ in groups])
+        due = set(queue[: self.unfreeze_steps(epoch) * self.groups_per_step])
         for depth, (name, modules) in enumerate(reversed(groups), start=1):
-            if depth > want:
-                break
-            if name not in self.trainable:
+            if name in due and name not in self.trainable:
                 self.unfreeze_group(pl_module, optimizer, name, modules, depth)
                 log.info("epoch %d: unfroze layer group %s", epoch, name)
 
@@ -357,13 +421,16 @@ def sync_schedulers(trainer: L.Trainer, optimizer: Optimizer) -> None:
 
 
 def finetune_callbacks(finetune_cfg: DictConfig | None) -> list[Callback]:
-    """The FreezeSchedule for the strategy (for `full` and `lora` it freezes nothing itself)."""
+    """The FreezeSchedule for the strategy (for `full` and `lora` it freezes only the groups
+    that finetune.trainable / finetune.frozen exclude)."""
     cfg = finetune_cfg or {}
     strategy = _strategy(finetune_cfg)
+    by_name = {"trainable": cfg.get("trainable"), "frozen": list(cfg.get("frozen") or [])}
     if strategy == "feature_extraction":
-        return [FreezeSchedule(trainable_groups=0, frozen_eval=True)]
+        return [FreezeSchedule(trainable_groups=0, frozen_eval=True, **by_name)]
     if strategy == "partial":
-        return [FreezeSchedule(trainable_groups=int(cfg.trainable_groups))]
+        count = None if by_name["trainable"] is not None else int(cfg.trainable_groups)
+        return [FreezeSchedule(trainable_groups=count, **by_name)]
     if strategy == "gradual":
         return [
             FreezeSchedule(
@@ -371,6 +438,7 @@ def finetune_callbacks(finetune_cfg: DictConfig | None) -> list[Callback]:
                 milestones=list(cfg.get("unfreeze_at") or []),
                 unfreeze_every=None if cfg.get("unfreeze_at") else cfg.get("unfreeze_every"),
                 groups_per_step=int(cfg.get("groups_per_step", 1)),
+                **by_name,
             )
         ]
-    return [FreezeSchedule(trainable_groups=None)]
+    return [FreezeSchedule(trainable_groups=None, **by_name)]

@@ -213,7 +213,7 @@ def test_text_head_on_features_is_forward(model_type) -> None:
     if model_type == "distilbert":
         sizes = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
     if model_type == "electra":
-        sizes["embedding_size"] = 32  # else embeddings_project, in no layer group, would train
+        sizes["embedding_size"] = 16  # embeddings_project (in the embeddings group) maps 16 -> 32
     config = AutoConfig.for_model(model_type, vocab_size=40, max_position_embeddings=32, **sizes)
     torch.manual_seed(0)
     net = HFTextNetwork(AutoModelForSequenceClassification.from_config(config)).eval()
@@ -235,4 +235,6 @@ def test_parameters_outside_groups_and_head_block_the_cache() -> None:
         vocab_size=40, embedding_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2
     )
     net = HFTextNetwork(ElectraForSequenceClassification(config))
-    assert "embeddings_project" in net.feature_cache_blocker()
+    assert net.feature_cache_blocker() is None  # embeddings_project is in the embeddings group
+    net.model.electra.scale = torch.nn.Parameter(torch.ones(1))  # in no group nor the head
+    assert "model.electra.scale" in net.feature_cache_blocker()
