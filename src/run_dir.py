@@ -56,8 +56,11 @@ class GuardRunDir(HydraCallback):
 
         if "resume" not in config:  # not a training run (eval, predict, export write elsewhere)
             return
-        if any(os.environ.get(v, "0") != "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK")):
-            return  # a DDP rank > 0, which Lightning starts in rank 0's run dir
+        if any(
+            os.environ.get(v, "0") != "0"
+            for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
+        ):
+            return  # a DDP rank > 0 (Lightning, torchrun or srun starts it in rank 0's run dir)
         try:
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
         except Exception:  # unresolvable interpolation: Hydra reports it itself

@@ -72,8 +72,13 @@ def test_slurm_settings_and_worker_command(tmp_path: Path) -> None:
         SlurmSettings.from_mapping({"worker": 2})
     with pytest.raises(ConfigError, match=r"slurm.workers=0 is invalid"):
         SlurmSettings.from_mapping({"workers": 0})
-    with pytest.raises(ConfigError, match=r"slurm.nodes=2: trials that span several nodes"):
-        SlurmSettings.from_mapping({"nodes": 2})
+    with pytest.raises(ConfigError, match=r"slurm.tasks_per_node=0 is invalid"):
+        SlurmSettings.from_mapping({"tasks_per_node": 0})
+    # trials over 2 nodes x 2 tasks: the job holds them all, its worker is one task on one node
+    wide = SlurmSettings.from_mapping({"nodes": 2, "tasks_per_node": 2}).executor_parameters("x")
+    assert wide["nodes"] == 2 and wide["ntasks_per_node"] == 2
+    assert wide["srun_args"] == ["--nodes=1", "--ntasks=1"]
+    assert "srun_args" not in params and "ntasks_per_node" not in params
     argv = worker_argv(
         ["hydra.sweeper.launcher=slurm", "hydra.sweep.dir=x", "hydra.sweeper.n_trials=4"],
         ["hparams_search=s", "optimizer.lr=tag(log, interval(1e-3, 3e-2))"],
@@ -369,6 +374,46 @@ def test_a_worker_job_requeued_by_scontrol_resumes_its_trial_from_its_checkpoint
         if follower is not None:
             follower.kill()
         _cancel_all(sweep_dir, "scontrol")
+
+
+@pytest.mark.integration
+def test_a_trial_of_two_srun_tasks_reports_once_per_step_from_global_rank_zero(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path, slurm_cluster: None
+) -> None:
+    """slurm.tasks_per_node=2 (nodes=1: the one node here): the worker job holds 2 tasks and
+    starts each trial as an srun step of 2 tasks, DDP over gloo through Lightning's
+    SLURMEnvironment; global rank 0 alone reports, once per validation (steps 1..3)."""
+    never = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 0.0}  # asked, never prunes
+    search_config(tmp_path, "srun", n_trials=1, pruner=never)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("srun", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=3"
+    cmd += [
+        "hydra.sweeper.slurm.workers=1",
+        "hydra.sweeper.slurm.tasks_per_node=2",
+        "trainer.accelerator=cpu",
+    ]
+    try:
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=_slurm_env(), capture_output=True, text=True, timeout=600
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-4000:]
+        (trial,) = load(sweep_dir, "srun").get_trials()
+        log = (Path(trial.user_attrs["run_dir"]) / "trial.log").read_text()
+        assert trial.state == TrialState.COMPLETE, (trial.user_attrs, log[-3000:])
+        assert sorted(trial.intermediate_values) == [1, 2, 3], trial.intermediate_values
+        assert log.startswith("srun --nodes=1 --ntasks=2 --ntasks-per-node=2 "), log[:300]
+        for rank in (0, 1):  # both tasks joined one process group
+            assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in log, log[-3000:]
+        # one report per validation (global rank 0's; any other rank's would be a line more)
+        reports = [ln.split(" - ", 1)[-1] for ln in log.splitlines() if "reported val/acc=" in ln]
+        assert reports == [
+            f"reported val/acc={trial.intermediate_values[k]:.4f} as step {k}" for k in (1, 2, 3)
+        ], log[-3000:]
+        assert read_metrics(Path(trial.user_attrs["run_dir"]))["epochs"] == 3
+    finally:
+        _cancel_all(sweep_dir, "srun")
 
 
 def _logged_at(log: str, text: str) -> float | None:

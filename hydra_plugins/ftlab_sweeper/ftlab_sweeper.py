@@ -41,7 +41,10 @@ class SlurmConf:
     cpus_per_task: Optional[int] = None  # noqa: UP045
     gpus_per_task: Optional[int] = None  # noqa: UP045
     mem_gb: Optional[float] = None  # noqa: UP045
-    nodes: int = 1  # 1: a trial spanning nodes is not supported yet
+    # Per trial: a trial spans `nodes` x `tasks_per_node` DDP processes (trainer.num_nodes,
+    # trainer.devices), started by srun, one task each; above 1, a job runs one trial at a time.
+    nodes: int = 1
+    tasks_per_node: int = 1
     array_parallelism: Optional[int] = None  # noqa: UP045  (null: all workers at once)
     additional_parameters: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006  (sbatch)
     # false: submit the jobs and exit; the same command again follows, extends or resumes.

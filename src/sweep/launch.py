@@ -43,11 +43,12 @@ class TrialProcess(Protocol):
 
 
 def cold_start(
-    argv: Sequence[str], env: dict[str, str], cwd: Path, log_file: Any
+    argv: Sequence[str], env: dict[str, str], cwd: Path, log_file: Any, prefix: Sequence[str] = ()
 ) -> subprocess.Popen:
-    """`python -m src.train <argv>` as a new process in a new session."""
+    """`python -m src.train <argv>` as a new process in a new session; `prefix`: the launcher
+    that starts it (`srun ...` for a trial of several SLURM tasks)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "src.train", *argv],
+        [*prefix, sys.executable, "-m", "src.train", *argv],
         cwd=cwd,
         env=env,
         stdout=log_file,

@@ -38,6 +38,7 @@ from src.sweep.pruning import build, build_pruner, describe
 from src.sweep.report import write_report
 from src.sweep.retention import drop_checkpoints
 from src.sweep.settings import SweepSettings
+from src.sweep.slurm import trial_layout, trial_srun
 from src.sweep.space import SearchSpace, format_value, to_overrides
 from src.sweep.study import (
     Budget,
@@ -328,7 +329,10 @@ class Sweep:
                 "HYDRA_FULL_ERROR": "0",
             }
         )
-        if gpus:
+        if trial_layout():
+            # srun binds the step's GPUs; its ranks meet at the first node, on a port of their own
+            env["MASTER_PORT"] = str(_free_port())
+        elif gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         elif self.s.n_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
             # N CPU trials at once: split the cores instead of N x all cores fighting.
@@ -340,7 +344,17 @@ class Sweep:
         trains on every GPU its worker holds, unless the command sets trainer.devices)."""
         overrides = [*self.base_overrides, *to_overrides(trial.params)]
         keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-        if gpus and "trainer.devices" not in keys:
+        layout = trial_layout()
+        if layout:  # one DDP process per srun task, on every node of the job
+            nodes, tasks = layout
+            wanted = {
+                "trainer.num_nodes": nodes,
+                "trainer.devices": tasks,
+                "trainer.strategy": "ddp",
+            }
+            # ++: conf/trainer has no num_nodes (Lightning's default, 1)
+            overrides += [f"++{k}={v}" for k, v in wanted.items() if k not in keys]
+        elif gpus and "trainer.devices" not in keys:
             overrides.append(f"trainer.devices={len(gpus)}")
         return overrides
 
@@ -377,7 +391,9 @@ class Sweep:
         argv = [*overrides, "hydra.mode=RUN", f"hydra.run.dir={format_value(str(trial_dir))}"]
         if resume_dir is not None:
             argv.append("resume=true")  # a retry goes on from the killed attempt's last.ckpt
-        cmd = [sys.executable, "-m", "src.train", *argv]
+        layout = trial_layout()  # a worker job whose trials span its allocation: srun each
+        prefix = trial_srun(*layout) if layout else []
+        cmd = [*prefix, sys.executable, "-m", "src.train", *argv]
         warm = self._warm is not None
         trial.set_user_attr("trial_start", "warm" if warm else "cold")
         trial.set_user_attr("gpus", ",".join(gpus) if gpus else None)
@@ -401,7 +417,7 @@ class Sweep:
             if self._warm is not None:
                 proc = self._warm.start(argv, env, PROJECT_ROOT, log_file)
             else:
-                proc = cold_start(argv, env, PROJECT_ROOT, out)
+                proc = cold_start(argv, env, PROJECT_ROOT, out, prefix)
             self._procs[trial.number] = proc
             trial.set_user_attr("pid", proc.pid)
             try:
@@ -524,6 +540,12 @@ def _kill_group(proc: TrialProcess) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(proc.pid, signal.SIGKILL)  # a warm child killed before its setsid()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

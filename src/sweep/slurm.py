@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm")
 # The worker job's id, as its sweep command records it on each trial (`slurm_job`).
 ENV_SLURM_JOB = "FTLAB_SLURM_JOB"
+# "NODES,TASKS_PER_NODE" of a job whose trials span its whole allocation: the worker launches each
+# trial with srun (src/sweep/runner.py), one task per DDP process, Lightning's SLURMEnvironment.
+ENV_TRIAL_TASKS = "FTLAB_SLURM_TRIAL_TASKS"
 # Study user attr: every worker job a sweep command submitted for this study.
 JOBS_ATTR = "slurm_jobs"
 # SLURM's per-task layout: a trial that sees it would take itself for a task SLURM launched
@@ -62,7 +65,8 @@ class SlurmSettings:
     cpus_per_task: int | None = None
     gpus_per_task: int | None = None
     mem_gb: float | None = None
-    nodes: int = 1
+    nodes: int = 1  # per trial: a trial spans the job's nodes (DDP, trainer.num_nodes)
+    tasks_per_node: int = 1  # per trial and node: DDP processes (trainer.devices), one per GPU
     array_parallelism: int | None = None  # null: all `workers` at once
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options
     follow: bool = True  # false: submit and exit; a re-run follows, extends or resumes
@@ -80,17 +84,17 @@ class SlurmSettings:
         return settings
 
     def check(self) -> None:
-        for name in ("workers", "time_min", "nodes"):
+        for name in ("workers", "time_min", "nodes", "tasks_per_node"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(
                     f"hydra.sweeper.slurm.{name}={value!r} is invalid: must be an int >= 1"
                 )
-        if self.nodes != 1:
-            raise ConfigError(
-                f"hydra.sweeper.slurm.nodes={self.nodes}: trials that span several nodes are not "
-                "supported yet (issue 11 item 3); use nodes=1 and gpus_per_task for a node's GPUs"
-            )
+
+    @property
+    def trial_tasks(self) -> int:
+        """DDP processes per trial; above 1 each trial is an srun step over the whole job."""
+        return self.nodes * self.tasks_per_node
 
     def executor_parameters(self, job_name: str) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -103,6 +107,11 @@ class SlurmSettings:
         for name in ("partition", "account", "qos", "cpus_per_task", "gpus_per_task"):
             if getattr(self, name) is not None:
                 params[name] = getattr(self, name)
+        if self.trial_tasks > 1:
+            # The allocation: nodes x tasks_per_node tasks, for the trials' srun steps. The worker
+            # itself is one task on the first node (its trial steps overlap its CPUs: srun --overlap).
+            params["ntasks_per_node"] = self.tasks_per_node
+            params["srun_args"] = ["--nodes=1", "--ntasks=1"]
         if self.mem_gb is not None:
             params["mem"] = f"{int(float(self.mem_gb) * 1024)}MB"
         return params
@@ -117,13 +126,23 @@ class WorkerJob:
     signal-based preemption) calls `checkpoint`: the same, then submitit requeues this job.
     """
 
-    def __init__(self, argv: Sequence[str], cwd: str) -> None:
+    trial_layout: tuple[int, int] = (1, 1)  # jobs pickled before trials could span nodes
+
+    def __init__(
+        self, argv: Sequence[str], cwd: str, trial_layout: tuple[int, int] = (1, 1)
+    ) -> None:
         self.argv = list(argv)
         self.cwd = cwd
+        self.trial_layout = tuple(trial_layout)  # (nodes, tasks per node) of each trial
         self._proc: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"argv": self.argv, "cwd": self.cwd, "_proc": None}
+        return {
+            "argv": self.argv,
+            "cwd": self.cwd,
+            "trial_layout": self.trial_layout,
+            "_proc": None,
+        }
 
     def __call__(self) -> int:
         import submitit
@@ -131,7 +150,14 @@ class WorkerJob:
         env = {k: v for k, v in os.environ.items() if k not in _TASK_LAYOUT}
         env[ENV_SLURM_JOB] = submitit.JobEnvironment().job_id
         env.setdefault("PYTHONUNBUFFERED", "1")
-        cmd = [sys.executable, "-m", "src.train", *self.argv]
+        argv = list(self.argv)
+        nodes, tasks = self.trial_layout
+        if nodes * tasks > 1:  # a trial takes the whole allocation: one at a time, srun'd
+            env[ENV_TRIAL_TASKS] = f"{nodes},{tasks}"
+            fixed = ("hydra.sweeper.n_workers=", "hydra.sweeper.trial_start=")
+            argv = [a for a in argv if not a.lstrip("+~").startswith(fixed)]
+            argv += ["hydra.sweeper.n_workers=1", "hydra.sweeper.trial_start=cold"]
+        cmd = [sys.executable, "-m", "src.train", *argv]
         print("worker job: " + " ".join(cmd), flush=True)
         self._proc = subprocess.Popen(cmd, cwd=self.cwd, env=env)
         returncode = self._proc.wait()
@@ -146,7 +172,32 @@ class WorkerJob:
             # SLURM signals every process of the job: the sweep command re-queues its trials;
             # wait for that, within the 90 s (signal_delay_s) before SLURM's kill.
             _wait_exit(self._proc.pid, timeout=75)
-        return submitit.helpers.DelayedSubmission(WorkerJob(self.argv, self.cwd))
+        return submitit.helpers.DelayedSubmission(WorkerJob(self.argv, self.cwd, self.trial_layout))
+
+
+def trial_layout() -> tuple[int, int] | None:
+    """(nodes, tasks per node) when this process is the worker of a job whose trials are srun
+    steps over its whole allocation; None otherwise."""
+    value = os.environ.get(ENV_TRIAL_TASKS, "")
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def trial_srun(nodes: int, tasks_per_node: int) -> list[str]:
+    """The srun that starts one trial's DDP processes, one task each: Lightning takes its ranks
+    from SLURM (SLURMEnvironment: SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID, SLURM_NTASKS). Its
+    CPUs overlap the worker's own step; a rank that fails ends the others."""
+    return [
+        "srun",
+        f"--nodes={nodes}",
+        f"--ntasks={nodes * tasks_per_node}",
+        f"--ntasks-per-node={tasks_per_node}",
+        "--overlap",
+        "--kill-on-bad-exit=1",
+        "--export=ALL",
+    ]
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
@@ -317,7 +368,8 @@ def submit(sweep: Any, slurm: SlurmSettings, argv: Sequence[str], cwd: str) -> l
         executor.update_parameters(**slurm.executor_parameters(f"ftlab-{sweep.s.study_name}"))
         try:
             with executor.batch():
-                jobs = [executor.submit(WorkerJob(argv, cwd)) for _ in range(n)]
+                layout = (slurm.nodes, slurm.tasks_per_node)
+                jobs = [executor.submit(WorkerJob(argv, cwd, layout)) for _ in range(n)]
         except Exception as e:  # sbatch's refusal (partition, account, time) in one line
             message = str(e).strip().splitlines()
             raise FtlabError(

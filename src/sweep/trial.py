@@ -61,12 +61,29 @@ def die_with_sweeper() -> None:
     except (OSError, AttributeError):
         return
     # DDP ranks > 0 are children of rank 0, not of the sweeper; the signal above covers them.
+    # Ranks that a launcher started (srun's tasks, torchrun's workers: on each node, children
+    # of slurmstepd or of the elastic agent, which the sweeper's death ends) have no such parent.
     parent = os.environ.get(ENV_PARENT_PID)
     is_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
-    if is_rank_zero and parent and os.getppid() != int(parent):
+    if is_rank_zero and parent and not launched_externally() and os.getppid() != int(parent):
         raise FtlabError(
             "the sweeper that started this trial is gone; not training an orphan trial"
         )
+
+
+def launched_externally() -> bool:
+    """Whether this trial process is one rank of several that srun or torchrun started (Lightning's
+    SLURMEnvironment / TorchElasticEnvironment), not a process the sweeper started itself. A trial
+    the sweeper starts directly never sees SLURM's task layout (src/sweep/slurm.py removes it)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "SLURM_NTASKS" in os.environ
+
+
+def world_size() -> int:
+    """The trial's processes, as the launcher that started them says (1 when none did)."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
 
 
 def load_trial():
@@ -102,7 +119,7 @@ def report_cv_fold(cfg: DictConfig, folds_done: int, folds: int, value: float | 
     cannot compare across trials; the running mean it can."""
     if not os.environ.get(ENV_TRIAL_ID) or value is None or not math.isfinite(value):
         return False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         # Every DDP rank runs the fold loop; they could not agree on a stop without a
         # collective between folds, so a multi-process CV trial is never pruned.
         return False
@@ -159,6 +176,7 @@ class TrialReporter(Callback):
             if value is not None and math.isfinite(float(value)):
                 trial = self._optuna_trial()
                 trial.report(float(value), self.step)
+                log.info("reported %s=%.4f as step %d", self.monitor, float(value), self.step)
                 prune = trial.should_prune() and not is_last_validation(trainer)
         # Every rank must take the same decision, or the others would wait forever in a collective.
         prune = bool(trainer.strategy.broadcast(prune, src=0))
