@@ -98,6 +98,11 @@ CASES: dict[str, Case] = {
         text("finetune=partial", "finetune.trainable_groups=99"),
         "finetune.trainable_groups",
     ),
+    "unknown_group_name": Case(
+        "src.train",
+        text("finetune.frozen=[embeddings,layer9]"),
+        "finetune.frozen has 'layer9', not a layer group of this model; valid: embeddings, layer0",
+    ),
     # --- data
     "missing_data_dir": Case(
         "src.train",

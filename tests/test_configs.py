@@ -14,8 +14,16 @@ from src.errors import ConfigError
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 TEXT_TASKS = ["sentiment", "text_csv"]
+TEXT_MODELS = ["bert", "distilbert", "roberta", "deberta_v2"]
 IMAGE_TASKS = ["hymenoptera", "image_folder"]
-IMAGE_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
+IMAGE_MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "vit_b_16",
+]
 
 
 def options(group: str) -> list[str]:
@@ -29,7 +37,8 @@ def compose_train(*overrides: str):
 
 @pytest.mark.parametrize(
     "task,model",
-    [(t, "bert") for t in TEXT_TASKS] + [(t, m) for t in IMAGE_TASKS for m in IMAGE_MODELS],
+    [(t, m) for t in TEXT_TASKS for m in TEXT_MODELS]
+    + [(t, m) for t in IMAGE_TASKS for m in IMAGE_MODELS],
 )
 def test_task_model_pairs_compose_and_pass_checks(task: str, model: str) -> None:
     cfg = compose_train(
