@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import signal
 import socket
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -215,6 +217,8 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "experiments" / "sweeps" / "storage_proxy"
     )
     args = parser.parse_args()
+    # a kill ends the run through the `finally`s: the PostgreSQL server and proxy do not outlive it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = run(args.workers, args.reps, args.seconds, args.steps)
     results.update(
         workers=args.workers,
