@@ -70,6 +70,13 @@ def image(*extra: str) -> tuple[str, ...]:
     )
 
 
+def image_table(*extra: str) -> tuple[str, ...]:
+    """A tiny task=image_csv run over the tiny image folder's files, plus the bad override(s)."""
+    given = {e.split("=", 1)[0] for e in extra}
+    base = ["task=image_csv", "data.train_file={colors_csv}", *image()[1:]]
+    return (*(a for a in base if a.split("=", 1)[0] not in given), *extra)
+
+
 CASES: dict[str, Case] = {
     # --- config: composition and values (fail before any data or model is read)
     "unknown_group_option": Case("src.train", text("model=gpt9"), "Could not find 'model/gpt9'"),
@@ -294,6 +301,53 @@ CASES: dict[str, Case] = {
     "unknown_delimiter": Case(
         "src.train", text("data.delimiter=colons"), "data.delimiter='colons'"
     ),
+    # --- a table of images (task=image_csv)
+    "image_table_missing_image": Case(
+        "src.train",
+        image_table("data.train_file={missing_image_csv}"),
+        "image file not found: {images}/train/red/99.jpg ('image' = 'train/red/99.jpg' at row 3 of "
+        "{missing_image_csv}); 1 more missing (rows 5)",
+    ),
+    "image_table_path_outside_root": Case(
+        "src.train",
+        image_table("data.train_file={escaping_csv}"),
+        "image path '../elsewhere.jpg' at row 2 of {escaping_csv} (column 'image') is outside "
+        "data.root={images}",
+    ),
+    "image_table_unknown_column": Case(
+        "src.train",
+        image_table("data.image_column=path"),
+        "column 'path' (data.image_column) not in {colors_csv}; columns found: image, label, "
+        "brightness",
+    ),
+    "image_table_missing_path": Case(
+        "src.train",
+        image_table("data.train_file={no_path_csv}"),
+        "missing image path ('') in column 'image' at row 2 of {no_path_csv}",
+    ),
+    "image_table_root_not_a_folder": Case(
+        "src.train", image_table("data.root={missing}"), "data.root='{missing}' is not a folder"
+    ),
+    "image_table_target_not_a_number": Case(
+        "src.train",
+        image_table("task.type=regression", "monitor=val/pearson", "data.label_column=label"),
+        "target 'blue' at row 1 of {colors_csv} (column 'label') is not a number",
+    ),
+    "image_table_label_id_out_of_range": Case(
+        "src.train",
+        image_table(
+            "data.train_file={tags_csv}",
+            "task.type=multilabel",
+            "monitor=val/f1_macro",
+            "data.label_names=[red,blue]",
+        ),
+        "label 2 at row 3 of {tags_csv} (column 'label') is not one of the 2 labels",
+    ),
+    "image_folder_multilabel": Case(
+        "src.train",
+        image("+task.type=multilabel", "monitor=val/f1_macro"),
+        "task=image_csv for images",
+    ),
 }
 
 # Cases whose mistake the config or the files' headers alone show: each must be reported before
@@ -310,7 +364,10 @@ EARLY = {
     "impossible_test_fraction", "unknown_delimiter", "predict_out_is_input",
     "predict_mistyped_input_suffix", "predict_missing_input_folder", "predict_text_and_input",
     "predict_nothing_to_predict", "predict_empty_text", "predict_input_bad_suffix",
-    "predict_missing_checkpoint", "predict_list_with_a_path",
+    "predict_missing_checkpoint", "predict_list_with_a_path", "image_table_missing_image",
+    "image_table_path_outside_root", "image_table_unknown_column", "image_table_missing_path",
+    "image_table_root_not_a_folder", "image_table_target_not_a_number",
+    "image_table_label_id_out_of_range", "image_folder_multilabel",
 }  # fmt: skip
 HEAVY_MODULES = ("lightning", "transformers", "datasets")
 
@@ -399,6 +456,21 @@ def things(tiny_bert, tiny_text_data, tiny_images, tmp_path_factory) -> dict[str
     semi = "".join(f"film {i}{', really' * (i % 3)};{i % 2}\n" for i in range(20))
     write("semicolon_csv", "text;label\n" + semi)
     write("tabs_csv", "text\tlabel\n" + good.replace(",", "\t"))
+    # Tables of the tiny image folder's files (task=image_csv), relative to its root.
+    tables = root / "tables"
+    tables.mkdir()
+    files = [f"train/{c}/{i}.jpg" for i in range(1, 7) for c in ("blue", "red")]
+
+    def table(name: str, rows: list[str], header: str = "image,label,brightness") -> None:
+        t[name] = tables / f"{name.rsplit('_', 1)[0]}.csv"
+        t[name].write_text("\n".join([header, *rows]) + "\n")
+
+    table("colors_csv", [f"{f},{f.split('/')[1]},{i / 10}" for i, f in enumerate(files)])
+    moved = [f"{f},{f.split('/')[1]},0.5" for f in files]
+    table("missing_image_csv", [*moved[:2], "train/red/99.jpg,red,0.5", moved[2], "x/1.jpg,red,1"])
+    table("escaping_csv", [moved[0], "../elsewhere.jpg,red,0.5", *moved[1:]])
+    table("no_path_csv", [moved[0], ",red,0.5", *moved[1:]])
+    table("tags_csv", [f'{f},"0,1"' for f in files[:2]] + [f"{files[2]},2"], "image,label")
     t["corrupt_ckpt"] = root / "corrupt.ckpt"
     t["corrupt_ckpt"].write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)
 
