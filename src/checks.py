@@ -114,6 +114,10 @@ def check_train_config(cfg: DictConfig) -> None:
     _positive(cfg.data.batch_size, "data.batch_size", int, 1)
     _positive(cfg.data.get("eval_batch_size", 1), "data.eval_batch_size", int, 1)
     check_epochs(cfg.trainer)
+    if (cfg.get("finetune") or {}).get("strategy") == "phases":
+        from src.phases import check_phases_run  # no torch: cheap
+
+        check_phases_run(cfg)
     for key in ("val_fraction", "test_fraction"):
         value = cfg.data.get(key)
         if value is None and key == "test_fraction":

@@ -7,6 +7,8 @@
 - `partial`: the top `trainable_groups` groups and the head train.
 - `gradual`: ULMFiT; the head first, then one more group (top down) per milestone epoch.
 - `lora`: LoRA adapters (peft) in a BERT-style encoder; only adapters and head train.
+- `phases`: a list of phases (`src.phases`), each with its groups, epochs, LR, layer-wise decay
+  and schedule, e.g. the head alone at 1e-3, then everything at 3e-5 with LLRD.
 
 Every strategy also takes groups by name: `finetune.trainable=[layer4,pooler]` (only these
 groups and the head train from the start: under `lora` only their adapters; under `gradual` the
@@ -16,13 +18,17 @@ group names or globs (`layer1*`); a name the model does not have is an error lis
 Freezing is one Lightning `BaseFinetuning` callback, `FreezeSchedule`: it freezes before the
 optimizer is built, adds unfrozen groups to the optimizer with their discriminative LR (the same
 names and no-decay rules as `src.optim`), lets the LR scheduler drive them, and restores the exact
-frozen state and param groups when a run resumes from a checkpoint.
+frozen state and param groups when a run resumes from a checkpoint. `PhaseSchedule` extends it:
+at each phase's first epoch it rebuilds the optimizer and LR scheduler for the phase.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -35,11 +41,18 @@ from torch.optim import Optimizer
 from src.errors import ConfigError
 from src.models.groups import select_groups
 from src.models.networks import Network
-from src.optim import group_lr, group_param_groups, sync_scheduler_groups
+from src.optim import (
+    build_scheduler,
+    discriminative_param_groups,
+    group_lr,
+    group_param_groups,
+    sync_scheduler_groups,
+)
+from src.phases import phase_list
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("full", "feature_extraction", "partial", "gradual", "lora")
+STRATEGIES = ("full", "feature_extraction", "partial", "gradual", "lora", "phases")
 FEATURE_CACHE_VALUES = ("auto", True, False)
 
 
@@ -81,6 +94,8 @@ def check_finetune_config(finetune_cfg: DictConfig | None, modality: str) -> Non
             "finetune.trainable with finetune=feature_extraction: feature extraction freezes "
             "every layer group; to train some, use finetune=partial finetune.trainable=[...]"
         )
+    if strategy == "phases":
+        phase_list(cfg)
     if strategy == "partial" and cfg.get("trainable") is None:
         _int_at_least(cfg.get("trainable_groups"), "finetune.trainable_groups", 0)
     if strategy == "gradual":
@@ -160,6 +175,9 @@ def prepare_network(network: Network, finetune_cfg: DictConfig | None) -> Networ
             f"finetune.trainable_groups={finetune_cfg.trainable_groups} is beyond this model's "
             f"{len(names)} layer groups ({', '.join(names)}); valid: 0..{len(names)}"
         )
+    if strategy == "phases":
+        for i, phase in enumerate(phase_list(finetune_cfg)):
+            phase_groups(phase, i, names, frozen)
     if trainable is not None or frozen:
         log.info(
             "layer groups by name: trainable %s; frozen %s",
@@ -188,6 +206,23 @@ def selected_groups(
             "name each group in one of them"
         )
     return trainable, frozen
+
+
+def phase_groups(
+    phase: Mapping[str, Any], index: int, group_names: list[str], frozen: Sequence[str]
+) -> list[str]:
+    """The layer groups phase `index` trains (the head always does), in the model's order."""
+    given = phase.get("trainable")
+    if given is None:
+        return [g for g in group_names if g not in frozen]
+    key = f"finetune.phases[{index}].trainable"
+    chosen = select_groups(given, group_names, key)
+    both = [g for g in chosen if g in frozen]
+    if both:
+        raise ConfigError(
+            f"{key} and finetune.frozen both name {', '.join(both)}; a frozen group never trains"
+        )
+    return chosen
 
 
 def inject_lora(network: Network, finetune_cfg: DictConfig) -> None:
@@ -403,6 +438,163 @@ class FreezeSchedule(BaseFinetuning):
         self._restored_trainable = list(state_dict.get("trainable", []))
 
 
+class PhaseSchedule(FreezeSchedule):
+    """`finetune=phases`: each phase trains its own groups with its own LR, decay and schedule.
+
+    At the first epoch of a phase its groups become trainable (the others frozen, their BatchNorm
+    in eval mode) and the optimizer and LR scheduler are rebuilt for it: the module's optimizer
+    factory over `src.optim`'s discriminative param groups, a `build_scheduler` schedule over the
+    phase's steps. Parameters that trained in the previous phase keep their optimizer state
+    (Adam's moments and step count, as fastai's freeze/unfreeze does). The phase index and what
+    each phase did travel with checkpoints: a resumed run rebuilds the phase it was in, and
+    Lightning then restores that optimizer's and scheduler's state into it.
+    """
+
+    def __init__(self, phases: Sequence[Mapping[str, Any]], frozen: Sequence[str] = ()) -> None:
+        super().__init__(trainable_groups=0, frozen=frozen)
+        self.phases = [dict(p) for p in phases]
+        self.phase: int | None = None  # the phase the optimizer is built for
+        self.record: list[dict[str, Any]] = []  # each phase as it ran (metrics.json)
+        self._restored_phase: int | None = None
+
+    def phase_at(self, epoch: int) -> int:
+        """The phase `epoch` (0-based) belongs to."""
+        end = 0
+        for index, phase in enumerate(self.phases):
+            end += int(phase["epochs"])
+            if epoch < end:
+                return index
+        return len(self.phases) - 1
+
+    def set_trainable(self, pl_module: L.LightningModule, index: int) -> None:
+        """Phase `index`'s groups (and the head) train; the others are frozen."""
+        groups = pl_module.network.layer_groups()
+        names = [name for name, _ in groups]
+        _, frozen = selected_groups(self.selection, names)
+        chosen = set(phase_groups(self.phases[index], index, names, frozen))
+        for name, modules in groups:
+            if name in chosen and name not in self.trainable:
+                self.make_trainable(modules)
+                for m in modules:
+                    m.train()
+            elif name not in chosen:
+                self.freeze(modules, train_bn=False)
+        self.trainable = chosen
+
+    def settings(self, pl_module: L.LightningModule, index: int) -> dict[str, Any]:
+        """Phase `index`'s lr, lr_decay, schedule and warmup, defaults filled in from the run."""
+        phase = self.phases[index]
+        lr, _, lr_decay = optimizer_settings(pl_module)
+        scheduler = pl_module.hparams.get("scheduler") or {"name": "constant", "warmup": 0}
+        given = {k: phase.get(k) for k in ("lr", "lr_decay", "schedule", "warmup")}
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "schedule": scheduler["name"],
+            "warmup": float(scheduler.get("warmup", 0)),
+        }
+        return {k: defaults[k] if v is None else v for k, v in given.items()}
+
+    def build(self, trainer: L.Trainer, pl_module: L.LightningModule, index: int) -> None:
+        """Phase `index`'s trainable groups, optimizer and scheduler, in place of the current ones."""
+        self.set_trainable(pl_module, index)
+        settings = self.settings(pl_module, index)
+        _, weight_decay, _ = optimizer_settings(pl_module)
+        old, config = trainer.optimizers[0], trainer.lr_scheduler_configs[0]
+        factory = pl_module.optimizer_factory
+        if factory.keywords.get("fused") and not old.defaults.get("fused"):
+            # configure_optimizers chose the unfused kernels (fp16 loss scaling): keep its choice
+            factory = partial(factory.func, **{**factory.keywords, "fused": False})
+        groups = discriminative_param_groups(
+            pl_module.network, float(settings["lr"]), float(settings["lr_decay"]), weight_decay
+        )
+        optimizer = factory(groups)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p in old.state:  # trained in the previous phase: its moments carry on
+                    optimizer.state[p] = old.state[p]
+        steps = steps_per_epoch(trainer) * int(self.phases[index]["epochs"])
+        scheduler = build_scheduler(
+            settings["schedule"], optimizer, float(settings["warmup"]), steps
+        )
+        trainer.strategy.optimizers = [optimizer]
+        trainer.strategy.lr_scheduler_configs = [dataclasses.replace(config, scheduler=scheduler)]
+        self.phase = index
+        if all(r["phase"] != index for r in self.record):
+            first_epoch = sum(int(p["epochs"]) for p in self.phases[:index])
+            self.record.append(
+                {
+                    "phase": index,
+                    "epochs": [first_epoch, first_epoch + int(self.phases[index]["epochs"]) - 1],
+                    "first_step": trainer.global_step,
+                    "steps": steps,
+                    "trainable": [
+                        n for n, _ in pl_module.network.layer_groups() if n in self.trainable
+                    ]
+                    + ["head"],
+                    **settings,
+                }
+            )
+            log.info(
+                "phase %d of %d (epochs %d-%d): %s train at lr %.3g (lr_decay %g, %s schedule)",
+                index + 1,
+                len(self.phases),
+                *self.record[-1]["epochs"],
+                ", ".join(self.record[-1]["trainable"]),
+                settings["lr"],
+                settings["lr_decay"],
+                settings["schedule"],
+            )
+
+    # -- the hooks (BaseFinetuning's param-group bookkeeping is not used: the optimizer is rebuilt)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        self.set_trainable(pl_module, 0)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # configure_optimizers built the run's optimizer; the phase's replaces it. Resuming, it
+        # is the checkpoint's phase, whose optimizer/scheduler state Lightning loads next.
+        index = self._restored_phase if self._restored_phase is not None else 0
+        self._restored_phase = None
+        self.build(trainer, pl_module, index)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        index = self.phase_at(trainer.current_epoch)
+        changed = index != self.phase
+        if changed:
+            self.build(trainer, pl_module, index)
+        self.frozen_to_eval(pl_module)
+        if changed:
+            self.log_trainable(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "record": self.record, "trainable": sorted(self.trainable)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_phase = int(state_dict["phase"])
+        self.record = list(state_dict.get("record", []))
+
+
+def steps_per_epoch(trainer: L.Trainer) -> int:
+    """Optimizer steps in one training epoch (as Lightning's estimated_stepping_batches counts)."""
+    trainer.estimated_stepping_batches  # noqa: B018 (sets up the train data if not done yet)
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        raise ConfigError(
+            "finetune=phases needs a train set of known length: its phases are counted in epochs"
+        )
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+
+def phase_results(trainer: L.Trainer) -> dict[str, Any]:
+    """`{"phases": [...]}` for metrics.json: each phase as it ran (epochs, first step, groups,
+    lr, lr_decay, schedule, warmup); empty for the other strategies."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, PhaseSchedule):
+            return {"phases": callback.record}
+    return {}
+
+
 def optimizer_settings(pl_module: L.LightningModule) -> tuple[float, float, float]:
     """(head lr, weight decay, lr_decay) as the module's configure_optimizers uses them."""
     keywords = pl_module.optimizer_factory.keywords
@@ -431,6 +623,8 @@ def finetune_callbacks(finetune_cfg: DictConfig | None) -> list[Callback]:
     if strategy == "partial":
         count = None if by_name["trainable"] is not None else int(cfg.trainable_groups)
         return [FreezeSchedule(trainable_groups=count, **by_name)]
+    if strategy == "phases":
+        return [PhaseSchedule(phase_list(cfg), frozen=by_name["frozen"])]
     if strategy == "gradual":
         return [
             FreezeSchedule(
