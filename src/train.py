@@ -147,7 +147,7 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     from src.checkpoints import check_resume_checkpoint
     from src.data.report import publish_data_report
     from src.features import maybe_cache_features
-    from src.finetune import check_finetune_config, finetune_callbacks
+    from src.finetune import check_finetune_config, finetune_callbacks, phase_results
     from src.results import print_summary, write_metrics
     from src.sweep.trial import sweep_callbacks
     from src.tensorboard_output import log_final_results
@@ -201,6 +201,7 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
         }
     )
     metrics.update(module.task.extras())  # multi-label: the thresholds used, per-label F1
+    metrics.update(phase_results(trainer))  # finetune=phases: each phase as it ran
     if trainer.is_global_zero:
         write_metrics(cfg.paths.output_dir, metrics)
         confusion = getattr(module, "confusion_matrix", None)

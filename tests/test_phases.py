@@ -3,6 +3,9 @@ stopped or SIGKILLed mid-phase resumes exactly; bad phase lists are one-line err
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -12,7 +15,7 @@ from omegaconf import OmegaConf
 from src.errors import ConfigError
 from src.finetune import check_finetune_config, finetune_callbacks, prepare_network
 from src.phases import check_phases_run
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_metrics, run_cli
 from tests.test_finetune import (
     BERT_TOP_DOWN,
     Probe,
@@ -23,8 +26,10 @@ from tests.test_finetune import (
     classifier,
     fit,
     multiplier,
+    scalars,
     top,
 )
+from tests.test_resume import STEPS_PER_EPOCH, read_trace, resume_args
 
 STEPS = 3  # TokenData: 24 examples / batch 8
 
@@ -182,3 +187,77 @@ def test_phase_epochs_must_sum_to_max_epochs() -> None:
         check_phases_run(cfg)
     cfg.trainer.max_epochs = 3
     check_phases_run(cfg)
+
+
+# --------------------------------------------------------------------------- the CLI, SIGKILLed
+
+KILL_AT_STEP = 23  # 15 steps per epoch: the second phase (epochs 1-2), 8 steps into epoch 1
+
+
+@pytest.fixture(scope="module")
+def phase_runs(tiny_bert, tiny_text_data, tmp_path_factory) -> dict[str, Path]:
+    """conf/finetune/phases.yaml (head 1 epoch at 1e-3, then all 2 epochs at 3e-5, lr_decay 0.8)
+    uninterrupted, and SIGKILLed mid-phase then continued with resume=true."""
+    root = tmp_path_factory.mktemp("phases")
+    full, killed = root / "full", root / "killed"
+
+    def args(run_dir: Path, trace: str, *extra: str) -> list[str]:
+        phases = ("finetune=phases", "trainer.log_every_n_steps=1")
+        return resume_args(tiny_bert, tiny_text_data, run_dir, root / trace, *phases, *extra)
+
+    proc = run_cli("src.train", *args(full, "full.jsonl"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kill = (
+        "+callbacks.kill._target_=tests.test_resume.SigkillAtStep",
+        f"+callbacks.kill.step={KILL_AT_STEP}",
+    )
+    proc = run_cli("src.train", *args(killed, "killed.jsonl", *kill))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    proc = run_cli("src.train", *args(killed, "resumed.jsonl", "resume=true"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"full": full, "killed": killed, "root": root}
+
+
+def test_cli_killed_mid_phase_resumes_exactly(phase_runs) -> None:
+    root = phase_runs["root"]
+    full, resumed = read_trace(root / "full.jsonl"), read_trace(root / "resumed.jsonl")
+    assert min(resumed) == KILL_AT_STEP and max(resumed) == max(full) == 3 * STEPS_PER_EPOCH
+    # the head alone (2 param groups: decay, no_decay) in phase 1, every group after it
+    assert all(len(full[s]["lrs"]) == 2 for s in range(1, STEPS_PER_EPOCH))
+    assert all(len(full[s]["lrs"]) == 10 for s in range(STEPS_PER_EPOCH + 1, max(full) + 1))
+    for step in sorted(resumed):
+        a, b = full[step], resumed[step]
+        assert b["ids"] == a["ids"], f"step {step}: another batch than the uninterrupted run"
+        assert b["lrs"] == pytest.approx(a["lrs"], rel=1e-12), f"step {step}: LRs differ"
+        assert b["digest"] == pytest.approx(a["digest"], rel=1e-9, abs=1e-9), f"step {step}"
+    a = torch.load(phase_runs["full"] / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(phase_runs["killed"] / "checkpoints" / "last.ckpt", weights_only=True)
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    m_full, m_resumed = read_metrics(phase_runs["full"]), read_metrics(phase_runs["killed"])
+    for key in ("val/acc", "val/loss", "global_step"):
+        assert m_resumed[key] == pytest.approx(m_full[key], rel=1e-5), key
+    assert m_resumed["phases"] == m_full["phases"]
+
+
+def test_cli_records_the_phases_and_their_lrs(phase_runs) -> None:
+    phases = read_metrics(phase_runs["full"])["phases"]
+    assert [(p["epochs"], p["first_step"], p["steps"]) for p in phases] == [
+        ([0, 0], 0, STEPS_PER_EPOCH),
+        ([1, 2], STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH),
+    ]
+    assert phases[0]["trainable"] == ["head"]
+    assert phases[1]["trainable"] == ["embeddings", "layer0", "layer1", "pooler", "head"]
+    assert [(p["lr"], p["lr_decay"], p["schedule"]) for p in phases] == [
+        (1e-3, 1.0, "linear"),
+        (3e-5, 0.8, "linear"),
+    ]
+    tags = scalars(phase_runs["full"])
+    head = dict(tags["lr-AdamW/head"])
+    first = {g: min(step for step, _ in tags[f"lr-AdamW/{g}"]) for g in BERT_TOP_DOWN}
+    assert set(first.values()) == {STEPS_PER_EPOCH}  # every group joins with phase 2
+    assert max(v for s, v in head.items() if s < STEPS_PER_EPOCH) == pytest.approx(1e-3)
+    assert max(v for s, v in head.items() if s >= STEPS_PER_EPOCH) == pytest.approx(3e-5)
+    for depth, g in enumerate(BERT_TOP_DOWN, start=1):
+        for step, lr in tags[f"lr-AdamW/{g}"]:
+            assert lr == pytest.approx(head[step] * 0.8**depth, rel=1e-5), (g, step)
