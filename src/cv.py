@@ -24,7 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from src.errors import ConfigError
+from src.errors import ConfigError, require_int
+from src.pipeline import train
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,7 @@ def cv_folds(cfg: DictConfig) -> int | None:
     folds = (cfg.get("cv") or {}).get("folds")
     if folds in (None, 0, 1):
         return None
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ConfigError(f"cv.folds={folds!r} is invalid: must be an int >= 2 (or null: no CV)")
-    return folds
+    return require_int(folds, "cv.folds", 2, " (or null: no CV)")
 
 
 def fold_config(cfg: DictConfig, folds: int, fold: int, resume: bool) -> DictConfig:
@@ -62,7 +61,6 @@ def cross_validate(cfg: DictConfig) -> dict[str, Any]:
     from src.sweep.trial import ENV_TRIAL_ID, die_with_sweeper, report_cv_fold
     from src.tasks import metric_keys
     from src.tensorboard_output import log_cv_summary
-    from src.train import train
 
     folds = cv_folds(cfg)
     assert folds is not None

@@ -83,25 +83,16 @@ def member_paths(cfg: DictConfig) -> list[Path]:
 @torch.inference_mode()
 def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOutput:
     """One member's class probabilities on the split, in the split's own order."""
-    from hydra.utils import instantiate
+    from src.pipeline import checkpoint_datamodule, load_run, relocate_data
 
-    from src.eval import relocate_data
-    from src.predict import load_model
-
-    model = load_model(path)
+    model = load_run(path)
     if model.module.task.name != "multiclass":
         raise ConfigError(
             f"{path}: an ensemble averages class probabilities; task.type="
             f"{model.module.task.name} checkpoints are not supported by src.ensemble yet"
         )
     relocate_data(model.run_cfg, cfg.get("data_dir"))
-    datamodule = instantiate(model.run_cfg.data, processor=model.processor, _recursive_=False)
-    datamodule.setup("test")
-    if datamodule.label_names != model.label_names:
-        raise ConfigError(
-            f"{path}: the data's classes {datamodule.label_names} differ from the checkpoint's "
-            f"{model.label_names}"
-        )
+    datamodule = checkpoint_datamodule(model.run_cfg, model.label_names, model.processor, str(path))
     ds = datamodule.splits[cfg.split]
     batch_size = int(cfg.batch_size or model.run_cfg.data.eval_batch_size)
     if model.modality == "text":

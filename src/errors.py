@@ -83,3 +83,11 @@ def ensure_writable_dir(path: Path, key: str) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise ConfigError(f"{key}={str(path)!r} is not writable: {reason}") from e
+
+
+def require_int(value: Any, key: str, minimum: int, note: str = "") -> int:
+    """`value` when it is an int >= `minimum` (a bool is not), else the one-line ConfigError
+    `<key>=<value> is invalid: must be an int >= <minimum><note>`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r} is invalid: must be an int >= {minimum}{note}")
+    return value

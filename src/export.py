@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.errors import ConfigError, ensure_writable_dir, exit_on_user_error
-from src.predict import LoadedModel, load_model, run_max_length
+from src.pipeline import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class TensorInputs(torch.nn.Module):
         return self.network(dict(zip(self.input_names, tensors, strict=True)))
 
 
-def sample_batch(model: LoadedModel, n: int = 2) -> dict[str, torch.Tensor]:
+def sample_batch(model: LoadedRun, n: int = 2) -> dict[str, torch.Tensor]:
     """A batch in the network's input format: tokenized sentences, or random normalised images."""
     if model.modality == "text":
         texts = (SAMPLE_TEXTS * n)[:n]
@@ -66,7 +66,7 @@ def sample_batch(model: LoadedModel, n: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
-def dynamic_shapes(model: LoadedModel, input_names: list[str]) -> tuple[tuple[dict[int, Any], ...]]:
+def dynamic_shapes(model: LoadedRun, input_names: list[str]) -> tuple[tuple[dict[int, Any], ...]]:
     """Any batch size (and, for text, any length up to the position embeddings) in the graph."""
     from torch.export import Dim
 
@@ -79,11 +79,11 @@ def dynamic_shapes(model: LoadedModel, input_names: list[str]) -> tuple[tuple[di
     return (tuple({0: batch, 1: sequence} for _ in input_names),)
 
 
-def set_truncation(model: LoadedModel) -> None:
+def set_truncation(model: LoadedRun) -> None:
     """The tokenizer truncates like ftlab when asked to (`truncation=True`, no max_length): at the
     run's max_length, on the tokenizer's truncation side; both saved in tokenizer_config.json."""
     tokenizer = model.processor
-    tokenizer.model_max_length = run_max_length(model.run_cfg)
+    tokenizer.model_max_length = model.max_length
     tokenizer.init_kwargs["model_max_length"] = tokenizer.model_max_length
     tokenizer.init_kwargs["truncation_side"] = tokenizer.truncation_side
 
@@ -92,7 +92,7 @@ def set_truncation(model: LoadedModel) -> None:
 PROBLEM_TYPES = {"multilabel": "multi_label_classification", "regression": "regression"}
 
 
-def fold_target_scale(model: LoadedModel) -> None:
+def fold_target_scale(model: LoadedRun) -> None:
     """A regression trained on standardised targets: the output layer's weights and bias take
     the train mean / std, so every export outputs scores on the targets' own scale."""
     task = model.module.task
@@ -110,7 +110,7 @@ def fold_target_scale(model: LoadedModel) -> None:
         task.target_mean.zero_()
 
 
-def check_hf_pooling(model: LoadedModel) -> None:
+def check_hf_pooling(model: LoadedRun) -> None:
     """transformers' model class pools as its own head does (BERT: the pooler); a run trained
     on another pooling (model.pooling=mean, ...) cannot be saved as that class without changing
     its predictions, so it is refused before anything is written."""
@@ -125,7 +125,7 @@ def check_hf_pooling(model: LoadedModel) -> None:
     )
 
 
-def export_hf(model: LoadedModel, out: Path) -> None:
+def export_hf(model: LoadedRun, out: Path) -> None:
     hf_model = model.module.network.model
     # id2label/label2id were set when the network was built from the run's label names.
     hf_model.config.id2label = dict(enumerate(model.label_names))
@@ -136,7 +136,7 @@ def export_hf(model: LoadedModel, out: Path) -> None:
     model.processor.save_pretrained(out)
 
 
-def export_onnx(model: LoadedModel, out: Path, batch: dict[str, torch.Tensor], opset: int) -> None:
+def export_onnx(model: LoadedRun, out: Path, batch: dict[str, torch.Tensor], opset: int) -> None:
     names = list(batch)
     wrapper = TensorInputs(model.module.network, names).eval()
     # torch.export-based exporter (the default since torch 2.9; the TorchScript-based one is
@@ -155,13 +155,13 @@ def export_onnx(model: LoadedModel, out: Path, batch: dict[str, torch.Tensor], o
     )
 
 
-def export_torchscript(model: LoadedModel, out: Path, batch: dict[str, torch.Tensor]) -> None:
+def export_torchscript(model: LoadedRun, out: Path, batch: dict[str, torch.Tensor]) -> None:
     wrapper = TensorInputs(model.module.network, list(batch)).eval()
     traced = torch.jit.trace(wrapper, tuple(batch.values()), strict=False, check_trace=False)
     torch.jit.save(traced, str(out / FILE_NAMES["torchscript"]))
 
 
-def save_preprocessing(model: LoadedModel, out: Path) -> None:
+def save_preprocessing(model: LoadedRun, out: Path) -> None:
     """What a user of an onnx/torchscript file needs to feed it."""
     if model.modality == "text":
         model.processor.save_pretrained(out)
@@ -188,17 +188,17 @@ def default_permissions(folder: Path, before: dict[Path, int]) -> None:
 # --------------------------------------------------------------------------- load back and compare
 
 
-def long_text(model: LoadedModel) -> str | None:
+def long_text(model: LoadedRun) -> str | None:
     """A text longer than the run's max_length (None where max_length exceeds the model's
     positions: such a run cannot take long texts at all)."""
-    max_length = run_max_length(model.run_cfg)
+    max_length = model.max_length
     positions = getattr(model.module.network.model.config, "max_position_embeddings", None)
     if positions is not None and max_length > positions:
         return None
     return " ".join(SAMPLE_TEXTS * max_length)
 
 
-def check_batches(model: LoadedModel, fmt: str, out: Path) -> tuple[dict, dict]:
+def check_batches(model: LoadedRun, fmt: str, out: Path) -> tuple[dict, dict]:
     """(checkpoint batch, export batch): for text, ftlab's tokenization at the run's max_length
     and the exported tokenizer's own `truncation=True`, of texts including a long one."""
     if model.modality != "text":
@@ -213,7 +213,7 @@ def check_batches(model: LoadedModel, fmt: str, out: Path) -> tuple[dict, dict]:
         model.processor(
             texts,
             truncation=True,
-            max_length=run_max_length(model.run_cfg),
+            max_length=model.max_length,
             padding=True,
             return_tensors="pt",
         )
@@ -225,7 +225,7 @@ def check_batches(model: LoadedModel, fmt: str, out: Path) -> tuple[dict, dict]:
     ):
         raise ConfigError(
             f"the {fmt} export's tokenizer does not truncate like the checkpoint "
-            f"(max_length={run_max_length(model.run_cfg)}): {tuple(theirs['input_ids'].shape)} "
+            f"(max_length={model.max_length}): {tuple(theirs['input_ids'].shape)} "
             f"vs {tuple(ours['input_ids'].shape)} token ids"
         )
     return ours, theirs if fmt == "hf" else ours
@@ -253,7 +253,7 @@ def exported_logits(fmt: str, out: Path, batch: dict[str, torch.Tensor]) -> torc
         return traced(*batch.values()).float()
 
 
-def checkpoint_logits(model: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def checkpoint_logits(model: LoadedRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.inference_mode():
         return model.module(batch).float()
 
@@ -265,7 +265,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"format={fmt!r}; valid: {', '.join(FORMATS)}")
     out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(cfg.paths.output_dir) / fmt
     ensure_writable_dir(out, "out")
-    model = load_model(cfg.ckpt_path)
+    model = load_run(cfg.ckpt_path)
     if fmt == "hf" and model.run_cfg.model.family != "hf":
         raise ConfigError(
             f"format=hf needs a transformers text model; this checkpoint is {model.run_cfg.model.name} "
@@ -302,7 +302,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             info["thresholds"] = task.extras()["thresholds"]
     if model.modality == "text":
         info["pooling"] = model.module.network.pooling  # inside the onnx/torchscript graph
-        info["max_length"] = run_max_length(model.run_cfg)
+        info["max_length"] = model.max_length
         info["truncation_side"] = str(model.processor.truncation_side)
         if fmt == "hf":
             info["pipeline_kwargs"] = PIPELINE_KWARGS

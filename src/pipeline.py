@@ -1,9 +1,382 @@
-"""One run, built in one place: config -> data -> network -> module -> trainer."""
+"""One run, built in one place: config -> data -> network -> module -> trainer.
+
+`train` builds a run from its config, fits it, tests the best checkpoint and writes metrics.json
+(src.train, each fold of src.cv, src.bench); `load_run` rebuilds a trained run from its
+checkpoint alone (src.eval, src.predict, src.export, src.ensemble).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.checks import check_train_config
+from src.errors import ConfigError
+from src.tasks import build_task, metric_keys, task_type
+
+# Lightning, transformers and the rest are imported where they are used: `import lightning`
+# alone takes about 8 s here, and a config mistake should be reported before paying for it.
+if TYPE_CHECKING:
+    import lightning as L
+
+    from src.models.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- a run from its config
+
+
+def build_datamodule(cfg: DictConfig, stage: str | None, processor: Any = None) -> Any:
+    """The task's data module (`cfg.data`) reading through the model's tokenizer or image
+    preprocessing (`processor`, built from `cfg.model` when not given); set up for `stage`
+    (fit, test), or not yet when None."""
+    from hydra.utils import instantiate
+
+    from src.models.networks import build_processor
+
+    if processor is None:
+        processor = build_processor(cfg.model)
+    datamodule = instantiate(cfg.data, processor=processor, _recursive_=False)
+    if stage is not None:
+        datamodule.setup(stage)
+    return datamodule
+
+
+def build_data_and_module(cfg: DictConfig):
+    """The data module (set up, so its labels are known) and the LightningModule for `cfg`."""
+    from hydra.utils import instantiate
+
+    from src.data.report import resolve_class_weights, resolve_pos_weight
+    from src.finetune import prepare_network
+    from src.models.classifier import Classifier
+    from src.models.networks import build_network
+
+    datamodule = build_datamodule(cfg, "fit")
+    network = build_network(cfg.model, datamodule.label_names)
+    network = prepare_network(network, cfg.get("finetune"))
+    train_report = datamodule.data_report["splits"]["train"]
+    class_weights = None
+    if task_type(cfg) == "multiclass":
+        class_weights = resolve_class_weights(
+            cfg.loss.get("class_weights"), train_report["class_counts"]
+        )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if hasattr(network, "pooling"):  # what `auto` became: the checkpoint reloads with it
+        config["model"]["pooling"] = network.pooling
+    task = build_task(
+        config,
+        datamodule.label_names,
+        label_smoothing=float(cfg.loss.label_smoothing),
+        class_weights=class_weights,
+        pos_weight=resolve_pos_weight(cfg.loss.get("pos_weight"), train_report),
+        target_stats=train_report.get("target_stats"),
+    )
+    module = Classifier(
+        network=network,
+        label_names=datamodule.label_names,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
+        if cfg.get("scheduler")
+        else None,
+        lr_decay=float(cfg.finetune.get("lr_decay", 1.0)) if cfg.get("finetune") else 1.0,
+        label_smoothing=float(cfg.loss.label_smoothing),
+        class_weights=class_weights,
+        config=config,
+        task=task,
+    )
+    task.init_head(network, train_report)  # multi-label: output bias at the label priors
+    return datamodule, module
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> L.Trainer:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from src.callbacks import instantiate_callbacks, instantiate_loggers
+    from src.checkpoints import AtomicCheckpointIO, ExactResume
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(
+        trainer_cfg.get("precision"), trainer_cfg.get("accelerator", "auto")
+    )
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + (extra_callbacks or [])
+    callbacks.append(ExactResume())  # RNG states and the loader's position in checkpoints
+    # callbacks.progress_bar=null: no progress output at all (not Lightning's default bar)
+    if not any(isinstance(c, ProgressBar) for c in callbacks):
+        trainer_cfg["enable_progress_bar"] = False
+    try:
+        return instantiate(
+            trainer_cfg,
+            callbacks=callbacks,
+            logger=instantiate_loggers(cfg.get("logger")),
+            plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a truncated checkpoint
+        )
+    except InstantiationException as e:  # an unknown Trainer option or an invalid value
+        cause = e.__cause__ or e
+        raise ConfigError(f"trainer: {str(cause).strip().splitlines()[0]}") from e
+
+
+def build_eval_trainer(trainer: DictConfig, output_dir: str) -> L.Trainer:
+    """A Trainer that only tests or validates: no logger, no checkpoints, a progress bar."""
+    import lightning as L
+
+    from src.progress import progress_bar
+
+    return L.Trainer(
+        accelerator=trainer.accelerator,
+        devices=trainer.devices,
+        precision=resolve_precision(trainer.precision, trainer.accelerator),
+        logger=False,
+        default_root_dir=output_dir,
+        callbacks=[progress_bar()],  # Rich on a terminal, plain lines in a log
+    )
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from. `ckpt_path=last` means this run dir's checkpoints/last.ckpt
+    and fails when there is none; `resume=true` takes it when it exists and starts fresh when not
+    (the same command both starts and resumes a preemptible job)."""
+    path = cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("resume"):
+        if path not in (None, "", "last"):
+            raise ConfigError(
+                f"resume=true and ckpt_path={path!r} disagree: resume=true continues this run "
+                "dir's last.ckpt; give one or the other"
+            )
+        if not last.is_file():
+            log.info("resume=true: no %s yet; starting from scratch", last)
+            return None
+        path = "last"
+    if path in (None, ""):
+        return None
+    if path == "last":
+        path = str(last)
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file ({path})")
+    return path
+
+
+def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
+    """Fit and test; write metrics.json into the run dir; return the metrics.
+
+    `report_to_sweep=False`: a cross-validation fold, whose per-epoch values the sweep's pruner
+    must not see (src/cv.py reports the running CV mean instead)."""
+    started = time.time()
+    check_train_config(cfg)  # before the heavy imports: a bad value is reported at once
+    from src.data.preflight import preflight_data
+
+    preflight_data(cfg)  # files, columns and labels (image tables: image files), pandas only
+    import lightning as L
+
+    from src.callbacks import BestValMetrics, checkpoint_callback
+    from src.checkpoints import check_resume_checkpoint
+    from src.data.report import publish_data_report
+    from src.features import maybe_cache_features
+    from src.finetune import check_finetune_config, finetune_callbacks, phase_results
+    from src.results import print_summary, write_metrics
+    from src.sweep.trial import sweep_callbacks
+    from src.tensorboard_output import log_final_results
+    from src.tuning import maybe_find_lr
+
+    check_finetune_config(cfg.get("finetune"), cfg.model.modality)
+    ckpt_path = resolve_ckpt_path(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build_data_and_module(cfg)
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, module)
+    datamodule = maybe_cache_features(cfg, datamodule, module)  # frozen backbone: features once
+
+    best_val = BestValMetrics(cfg.monitor, cfg.mode)
+    trainer = build_trainer(
+        cfg,
+        extra_callbacks=[
+            best_val,
+            *finetune_callbacks(cfg.get("finetune")),
+            *(sweep_callbacks(cfg) if report_to_sweep else []),
+        ],
+    )
+    if trainer.is_global_zero:  # <run dir>/data_report.json and TensorBoard's text tab
+        publish_data_report(datamodule.data_report, cfg.paths.output_dir, trainer.loggers)
+    maybe_find_lr(cfg, trainer, module, datamodule, resuming=ckpt_path is not None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    last_train_loss = _float_or_none(trainer.callback_metrics.get("train/loss"))
+    checkpoint = checkpoint_callback(trainer)
+    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    test_metrics: dict[str, float] = {}
+    if cfg.get("test"):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    # the run contract: multiclass val|test/{loss,acc,precision,recall,f1}; see src/tasks
+    metrics: dict[str, Any] = {k: best_val.best.get(k) for k in metric_keys(cfg, "val")}
+    metrics.update({k: test_metrics.get(k) for k in metric_keys(cfg, "test")})
+    metrics.update(
+        {
+            "train/loss": last_train_loss,
+            "monitor": cfg.monitor,
+            "monitor_value": best_val.best.get(cfg.monitor),
+            "best_epoch": best_val.best.get("epoch"),
+            "best_ckpt_path": best_path,
+            "last_ckpt_path": _existing(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "precision": str(trainer.precision),
+            "wall_time_s": round(time.time() - started, 1),
+        }
+    )
+    metrics.update(module.task.extras())  # multi-label: the thresholds used, per-label F1
+    metrics.update(phase_results(trainer))  # finetune=phases: each phase as it ran
+    if trainer.is_global_zero:
+        write_metrics(cfg.paths.output_dir, metrics)
+        confusion = getattr(module, "confusion_matrix", None)
+        log_final_results(trainer.loggers, cfg, metrics, confusion, datamodule.label_names)
+        print_summary(metrics, metric_keys(cfg, "val") + metric_keys(cfg, "test"))
+    return metrics
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# --------------------------------------------------------------------------- a run from its checkpoint
+
+
+@dataclass
+class SavedRun:
+    """A checkpoint as read (torch.load only: no model built yet)."""
+
+    ckpt: dict[str, Any]
+    run_cfg: DictConfig  # the training run's resolved config
+    label_names: list[str]
+
+
+@dataclass
+class LoadedRun:
+    """A fine-tuned classifier with what it needs to read raw inputs."""
+
+    module: Classifier  # in eval mode
+    run_cfg: DictConfig  # the training run's resolved config
+    label_names: list[str]
+    processor: Any  # the tokenizer (text) or ImagePreprocessing (images)
+
+    @property
+    def modality(self) -> str:
+        return str(self.run_cfg.model.modality)
+
+    @property
+    def max_length(self) -> int:
+        """The token limit the run trained with: predict and the hf export truncate to it."""
+        return int(self.run_cfg.data.get("max_length") or 512)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint, read with weights_only=True (no arbitrary code on load)."""
+    import torch
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r}: no such file")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {e}") from e
+    config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
+    if not config:
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} was not written by ftlab (no run config inside)"
+        )
+    return ckpt
+
+
+def read_run(path: str | Path) -> SavedRun:
+    """The checkpoint, its run config and label names."""
+    ckpt = load_checkpoint(path)
+    run_cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
+    return SavedRun(ckpt, run_cfg, [str(n) for n in ckpt["hyper_parameters"]["label_names"]])
+
+
+def load_run(checkpoint: str | Path | SavedRun, processor: Any = None) -> LoadedRun:
+    """The checkpoint's Classifier (no pretrained download), its tokenizer or preprocessing
+    (`processor` when given), its config and label names. `checkpoint`: a path, or a SavedRun
+    already read (and its run_cfg perhaps pointed at other data: `relocate_data`)."""
+    from src.models.networks import build_processor
+
+    saved = checkpoint if isinstance(checkpoint, SavedRun) else read_run(checkpoint)
+    module = module_from_checkpoint(saved.ckpt, saved.run_cfg, saved.label_names).eval()
+    if processor is None:
+        processor = build_processor(saved.run_cfg.model)
+    return LoadedRun(module, saved.run_cfg, saved.label_names, processor)
+
+
+def module_from_checkpoint(
+    ckpt: dict[str, Any], run_cfg: DictConfig, label_names: list[str]
+) -> Classifier:
+    """The fine-tuned Classifier, built from the stored config (no pretrained weights fetched)."""
+    from src.finetune import prepare_network
+    from src.models.classifier import Classifier
+    from src.models.networks import build_network
+
+    network = build_network(run_cfg.model, label_names, pretrained_weights=False)
+    network = prepare_network(network, run_cfg.get("finetune"))  # e.g. LoRA adapters
+    module = Classifier(
+        network=network,
+        label_names=label_names,
+        optimizer=None,
+        config=ckpt["hyper_parameters"]["config"],
+    )
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"checkpoint weights do not fit model {run_cfg.model.name}: {_first_detail(str(e))}"
+        ) from e
+    return module
+
+
+def _first_detail(message: str) -> str:
+    """The first specific line of torch's load_state_dict error (the first one is a heading)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+
+
+def relocate_data(run_cfg: DictConfig, data_dir: str | None) -> None:
+    """Point the stored data paths at `data_dir` instead of the training run's data dir."""
+    old = run_cfg.paths.data_dir
+    if not data_dir or old == data_dir:
+        return
+    for key, value in run_cfg.data.items():
+        if isinstance(value, str) and value.startswith(old):
+            run_cfg.data[key] = data_dir + value[len(old) :]
+
+
+def checkpoint_datamodule(
+    run_cfg: DictConfig, label_names: list[str], processor: Any, where: str = ""
+) -> Any:
+    """The run's data module, set up for testing, with the checkpoint's classes (`where`: the
+    checkpoint, named in the error)."""
+    datamodule = build_datamodule(run_cfg, "test", processor)
+    if datamodule.label_names != label_names:
+        raise ConfigError(
+            f"{where + ': ' if where else ''}the data's classes {datamodule.label_names} differ "
+            f"from the checkpoint's {label_names}"
+        )
+    return datamodule
+
+
+# --------------------------------------------------------------------------- precision
 
 
 def cpu_has_fast_bf16() -> bool:

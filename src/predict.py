@@ -25,7 +25,13 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
-from src.errors import ConfigError, DataError, ensure_writable_dir, exit_on_user_error
+from src.errors import (
+    ConfigError,
+    DataError,
+    ensure_writable_dir,
+    exit_on_user_error,
+    require_int,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -36,48 +42,6 @@ TEXT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # A string ending like a file name (reviews.cvs, photo.JPG), not like a sentence ("3.50", "end.").
 FILE_LIKE_END = re.compile(r"[^\s.]\.[A-Za-z][A-Za-z0-9]{0,4}$")
-
-
-@dataclass
-class LoadedModel:
-    """A fine-tuned classifier with what it needs to read raw inputs."""
-
-    module: Any  # src.models.classifier.Classifier, in eval mode
-    run_cfg: DictConfig  # the training run's resolved config
-    label_names: list[str]
-    processor: Any  # the tokenizer (text) or ImagePreprocessing (images)
-
-    @property
-    def modality(self) -> str:
-        return str(self.run_cfg.model.modality)
-
-
-def read_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, Any], DictConfig, list[str]]:
-    """The checkpoint, its run config and label names (torch.load only: no model built yet)."""
-    from src.eval import load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
-    run_cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
-    return ckpt, run_cfg, [str(n) for n in ckpt["hyper_parameters"]["label_names"]]
-
-
-def build_model(ckpt: dict[str, Any], run_cfg: DictConfig, label_names: list[str]) -> LoadedModel:
-    """The checkpoint's Classifier (no pretrained download), tokenizer or preprocessing."""
-    from src.eval import module_from_checkpoint
-    from src.models.networks import build_processor
-
-    module = module_from_checkpoint(ckpt, run_cfg, label_names).eval()
-    return LoadedModel(module, run_cfg, label_names, build_processor(run_cfg.model))
-
-
-def load_model(ckpt_path: str | Path) -> LoadedModel:
-    """The checkpoint's Classifier (no pretrained download), tokenizer or preprocessing, labels."""
-    return build_model(*read_checkpoint(ckpt_path))
-
-
-def run_max_length(run_cfg: DictConfig) -> int:
-    """The token limit the run trained with: predict and the hf export truncate to it."""
-    return int(run_cfg.data.get("max_length") or 512)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -264,16 +228,8 @@ def check_predict_config(cfg: DictConfig) -> None:
         raise ConfigError("ckpt_path is not set: give ckpt_path=PATH/TO/best.ckpt")
     if not Path(str(cfg.ckpt_path)).expanduser().is_file():
         raise ConfigError(f"ckpt_path={str(cfg.ckpt_path)!r}: no such file")
-    for key in ("batch_size",):
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r} is invalid: must be an int >= 1")
-    if (
-        isinstance(cfg.num_workers, bool)
-        or not isinstance(cfg.num_workers, int)
-        or cfg.num_workers < 0
-    ):
-        raise ConfigError(f"num_workers={cfg.num_workers!r} is invalid: must be an int >= 0")
+    require_int(cfg.get("batch_size"), "batch_size", 1)
+    require_int(cfg.num_workers, "num_workers", 0)
 
 
 def check_fits_model(source: PredictInput, cfg: DictConfig, run_cfg: DictConfig) -> str | None:
@@ -478,10 +434,12 @@ def predict(cfg: DictConfig) -> Path:
     source = read_input(cfg)
     out = output_path(cfg, source)
     device = resolve_device(str(cfg.device))
-    ckpt, run_cfg, label_names = read_checkpoint(cfg.ckpt_path)
-    pair_column = check_fits_model(source, cfg, run_cfg)
-    model = build_model(ckpt, run_cfg, label_names)
-    del ckpt
+    from src.pipeline import load_run, read_run
+
+    saved = read_run(cfg.ckpt_path)
+    pair_column = check_fits_model(source, cfg, saved.run_cfg)
+    model = load_run(saved)
+    del saved
     batch_size = int(cfg.batch_size)
     if source.kind == "images":
         n = len(source.files)
@@ -493,8 +451,7 @@ def predict(cfg: DictConfig) -> Path:
         else:
             texts, pairs = source.texts, None
         n = len(texts)
-        max_length = run_max_length(model.run_cfg)
-        batches = text_batches(model.processor, texts, pairs, max_length, batch_size)
+        batches = text_batches(model.processor, texts, pairs, model.max_length, batch_size)
     logits = predict_logits(model.module, batches, device, -(-n // batch_size))
     columns = input_columns(source)
     task = model.module.task

@@ -83,7 +83,7 @@ def test_text_cached_matches_uncached_and_reuses_entry(tiny_bert, tiny_text_data
 
 
 def test_image_cached_matches_uncached_and_checkpoint_predicts(tiny_images, tmp_path) -> None:
-    from src.predict import load_model
+    from src.pipeline import load_run
 
     cache = tmp_path / "cache"
     images = image_overrides(tiny_images)
@@ -93,7 +93,7 @@ def test_image_cached_matches_uncached_and_checkpoint_predicts(tiny_images, tmp_
     assert_same_metrics(cached, uncached)
 
     # the checkpoint holds the whole network: it predicts from pixels, as an uncached one does
-    on, off = load_model(cached["best_ckpt_path"]), load_model(uncached["best_ckpt_path"])
+    on, off = load_run(cached["best_ckpt_path"]), load_run(uncached["best_ckpt_path"])
     pixels = {"pixel_values": torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
     with torch.no_grad():
         assert torch.allclose(on.module(pixels), off.module(pixels), atol=1e-5)

@@ -411,7 +411,7 @@ def lora_cfg(**values):
 
 
 def test_lora_trains_only_adapters_and_head(tiny_bert, tmp_path) -> None:
-    from src.eval import module_from_checkpoint
+    from src.pipeline import module_from_checkpoint
 
     cfg = lora_cfg()
     network = prepare_network(bert(tiny_bert), cfg)

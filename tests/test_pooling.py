@@ -228,10 +228,10 @@ def test_mean_run_reloads_mean_and_has_no_hf_export(st_dir, tiny_text_data, tmp_
 
     shutil.rmtree(model_dir / "1_Pooling")  # auto would now mean the pooler: the ckpt says mean
     (model_dir / "modules.json").unlink()
-    from src.predict import load_model
+    from src.pipeline import load_run
 
     ckpt = metrics["best_ckpt_path"]
-    model = load_model(ckpt)
+    model = load_run(ckpt)
     assert model.run_cfg.model.pooling == "mean" and model.module.network.pooling == "mean"
 
     from src.export import export

@@ -88,10 +88,11 @@ def image_ckpt(tiny_images, workdir) -> Path:
 def checkpoint_probs(ckpt: Path, texts: list[str]) -> torch.Tensor:
     """Reference probabilities: the checkpoint's module run in this process, on texts truncated
     to the run's max_length as in training."""
-    from src.predict import load_model, run_max_length, text_batches
+    from src.pipeline import load_run
+    from src.predict import text_batches
 
-    model = load_model(ckpt)
-    max_length = run_max_length(model.run_cfg)
+    model = load_run(ckpt)
+    max_length = model.max_length
     batch = next(text_batches(model.processor, texts, None, max_length, len(texts)))
     with torch.inference_mode():
         return torch.softmax(model.module(batch), dim=-1)
@@ -441,14 +442,14 @@ def test_export_gives_checkpoint_logits(fmt, modality, text_ckpt, image_ckpt, wo
     import onnxruntime as ort
 
     from src.export import FILE_NAMES
-    from src.predict import load_model
+    from src.pipeline import load_run
 
     ckpt = text_ckpt if modality == "text" else image_ckpt
     out = workdir / f"{fmt}_{modality}"
     info = export_in_process(ckpt, fmt, out)
     assert info["check_max_abs_diff"] <= 1e-4
     # An independent check, on inputs of another batch size and length than the export's sample.
-    model = load_model(ckpt)
+    model = load_run(ckpt)
     if modality == "text":
         texts = ["good", "the movie was cold and grim and really very weak", "fun", "a warm plot"]
         batch = dict(model.processor(texts, padding=True, return_tensors="pt"))

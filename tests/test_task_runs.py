@@ -49,11 +49,11 @@ def hf_and_ftlab(out: Path, ckpt: str, texts: list[str], pairs: list[str] | None
     its tokenizer, and ftlab's post-processed outputs of the checkpoint on that batch."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from src.predict import load_model
+    from src.pipeline import load_run
 
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     batch = AutoTokenizer.from_pretrained(out)(texts, pairs, padding=True, return_tensors="pt")
-    model = load_model(ckpt)
+    model = load_run(ckpt)
     with torch.inference_mode():
         ours = model.module.task.postprocess(model.module(dict(batch)))
     return hf, batch, ours

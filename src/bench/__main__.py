@@ -59,8 +59,8 @@ def compose(overrides: list[str], out_dir: Path, cache_dir: Path | None = None):
 
 
 def ftlab_run(overrides: list[str], work: Path, tag: str) -> tuple[StepLog, dict[str, Any]]:
-    """One real ftlab run (src.train.train, in this process): its StepLog and metrics."""
-    from src.train import train
+    """One real ftlab run (src.pipeline.train, in this process): its StepLog and metrics."""
+    from src.pipeline import train
 
     out = work / f"{tag}_{time.monotonic_ns()}"
     metrics = train(compose(overrides, out))
@@ -70,16 +70,13 @@ def ftlab_run(overrides: list[str], work: Path, tag: str) -> tuple[StepLog, dict
 def setup_baseline(overrides: list[str], work: Path):
     """The same config's data module (set up) and a fresh network, built by ftlab's builders."""
     import lightning as L
-    from hydra.utils import instantiate
 
-    from src.models.networks import build_network, build_processor
-    from src.pipeline import resolve_precision
+    from src.models.networks import build_network
+    from src.pipeline import build_datamodule, resolve_precision
 
     cfg = compose(overrides, work / "baseline")
     L.seed_everything(cfg.seed, verbose=False)
-    processor = build_processor(cfg.model)
-    dm = instantiate(cfg.data, processor=processor, _recursive_=False)
-    dm.setup("fit")
+    dm = build_datamodule(cfg, "fit")
     network = build_network(cfg.model, dm.label_names)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     return cfg, dm, network, str(precision)
@@ -311,9 +308,7 @@ def _first_step_after(launched: float, run_dir: Path) -> float:
 
 
 def bench_startup_and_memory(work: Path, reps: int, sections: set[str]) -> dict[str, Any]:
-    from hydra.utils import instantiate
-
-    from src.models.networks import build_processor
+    from src.pipeline import build_datamodule
 
     cache = work / "cold_cache"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -346,8 +341,7 @@ def bench_startup_and_memory(work: Path, reps: int, sections: set[str]) -> dict[
     prep = []
     for _ in range(reps):
         cfg = compose(["task=sentiment", "model=bert"], work / "prep", cache_dir=cache)
-        processor = build_processor(cfg.model)
-        dm = instantiate(cfg.data, processor=processor, _recursive_=False)
+        dm = build_datamodule(cfg, None)  # set up below, timed
         started = time.perf_counter()
         dm.setup("fit")
         prep.append(time.perf_counter() - started)
