@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def sweep_callbacks(cfg: DictConfig) -> list[Callback]:
     """Callbacks for a sweep trial (pruning report); none outside a sweep. The NaN check
-    (`src.run.FiniteLossCheck`) is in every run's callbacks."""
+    (`src.callbacks.FiniteLossCheck`) is in every run's callbacks."""
     if not os.environ.get(ENV_TRIAL_ID):
         return []
     die_with_sweeper()
