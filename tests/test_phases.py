@@ -18,12 +18,16 @@ from src.phases import check_phases_run
 from tests.conftest import ROOT, read_metrics, run_cli
 from tests.test_finetune import (
     BERT_TOP_DOWN,
+    RESNET_TOP_DOWN,
+    BatchNormModes,
+    ImageData,
     Probe,
     Snapshot,
     StopAfter,
     TokenData,
     bert,
     classifier,
+    cnn,
     fit,
     multiplier,
     scalars,
@@ -99,6 +103,21 @@ def test_frozen_groups_stay_out_of_every_phase(tiny_bert, tmp_path) -> None:
     assert probe.trainable == {0: {"head"}, 1: top(BERT_TOP_DOWN, 2)}
     assert probe.lrs[0]["head"] == pytest.approx(1e-2)
     assert probe.lrs[STEPS]["head"] == pytest.approx(1e-2)  # no lr given: optimizer.lr (LR)
+
+
+def test_cnn_phases_keep_frozen_batchnorm_in_eval(tmp_path) -> None:
+    cfg = phases_cfg(
+        [{"trainable": [], "epochs": 1, "lr": 1e-2}, {"trainable": ["layer4"], "epochs": 1}]
+    )
+    module = classifier(prepare_network(cnn("resnet18"), cfg))
+    probe, modes = Probe(), BatchNormModes()
+    fit(module, ImageData(), [*finetune_callbacks(cfg), probe, modes], tmp_path, epochs=2)
+    assert probe.trainable == {0: {"head"}, 1: top(RESNET_TOP_DOWN, 1)}
+    assert probe.optimized == probe.trainable
+    assert len(modes.modes) == 4  # 16 images / batch 8, 2 epochs
+    assert not any(any(step.values()) for step in modes.modes[:2])  # phase 1: all frozen
+    for step in modes.modes[2:]:  # phase 2: only layer4's BatchNorm trains
+        assert {n for n, training in step.items() if training} == {"layer4"}
 
 
 def test_resume_mid_phase_restores_phase_optimizer_and_scheduler(tiny_bert, tmp_path) -> None:
