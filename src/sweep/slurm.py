@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from src.errors import ConfigError, FtlabError
+from src.errors import ConfigError, FtlabError, require_int
 from src.sweep.study import budget, mask_url
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,7 @@ class SlurmSettings:
 
     def check(self) -> None:
         for name in ("workers", "time_min", "nodes", "tasks_per_node"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"hydra.sweeper.slurm.{name}={value!r} is invalid: must be an int >= 1"
-                )
+            require_int(getattr(self, name), f"hydra.sweeper.slurm.{name}", 1)
 
     @property
     def trial_tasks(self) -> int:
