@@ -164,6 +164,20 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return path
 
 
+def preflight_data(cfg: DictConfig) -> None:
+    """The run's data files, checked with pandas before anything heavy: a table of images
+    (task=image_csv), or text files (the text tasks); image folders are checked by their module."""
+    data = cfg.data
+    if str(data.get("_target_")) == "src.data.image_csv.ImageCsvDataModule":
+        from src.data.image_table import read_image_table
+
+        read_image_table(data)
+    elif cfg.task.modality == "text":
+        from src.data.preflight import preflight_text_data
+
+        preflight_text_data(data)
+
+
 def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     """Fit and test; write metrics.json into the run dir; return the metrics.
 
@@ -171,8 +185,6 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     must not see (src/cv.py reports the running CV mean instead)."""
     started = time.time()
     check_train_config(cfg)  # before the heavy imports: a bad value is reported at once
-    from src.data.preflight import preflight_data
-
     preflight_data(cfg)  # files, columns and labels (image tables: image files), pandas only
     import lightning as L
 

@@ -204,18 +204,6 @@ def check_columns(file: Path, found: list[str], wanted: dict[str, str], delimite
             )
 
 
-def preflight_data(cfg: Any) -> None:
-    """The run's data files, checked with pandas before anything heavy: a table of images
-    (task=image_csv), or text files (the text tasks); image folders are checked by their module."""
-    data = cfg.data
-    if str(data.get("_target_")) == "src.data.image_csv.ImageCsvDataModule":
-        from src.data.image_table import read_image_table
-
-        read_image_table(data)
-    elif cfg.task.modality == "text":
-        preflight_text_data(data)
-
-
 def label_columns_wanted(data: Any) -> dict[str, str]:
     """The label column(s) a data config reads, config key -> column name."""
     label_columns = [str(c) for c in data.get("label_columns") or []]
