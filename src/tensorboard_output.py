@@ -92,10 +92,12 @@ def log_cv_summary(run_dir: Path, aggregate: dict[str, Any]) -> None:
         if "/" in key and not key.endswith("_std") and value is not None:
             std = aggregate.get(f"{key}_std")
             rows.append(f"| {key} | {value:.4f} | {'' if std is None else f'{std:.4f}'} |")
-    folds = aggregate["folds"]
-    rows += ["", "| fold | " + aggregate["monitor"] + " | test/acc |", "|---|---|---|"]
+    folds, monitor = aggregate["folds"], str(aggregate["monitor"])
+    # the monitored metric on the test split (val/pearson -> test/pearson), for every task type
+    test_key = "test/" + monitor.split("/", 1)[1] if monitor.startswith("val/") else "test/acc"
+    rows += ["", f"| fold | {monitor} | {test_key} |", "|---|---|---|"]
     for m in folds:
-        val, test = m.get(aggregate["monitor"]), m.get("test/acc")
+        val, test = m.get(monitor), m.get(test_key)
         rows.append(f"| {m['fold']} | {_fmt(val)} | {_fmt(test)} |")
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         writer.add_text("cv/summary", "\n".join(rows))

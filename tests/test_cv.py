@@ -170,3 +170,28 @@ def _overrides_of(run_dir: Path) -> list[str]:
 
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     return [o for o in overrides if not o.startswith("hydra.")]
+
+
+def test_cv_summary_names_the_monitored_metric_on_test_for_every_task_type(tmp_path: Path) -> None:
+    """The TensorBoard CV table pairs `monitor` with its test twin (val/pearson -> test/pearson),
+    not test/acc, which a regression or multi-label run does not have."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from src.tensorboard_output import log_cv_summary
+
+    folds = [
+        {"fold": k, "val/pearson": 0.8 + k / 100, "test/pearson": 0.7 + k / 100} for k in (0, 1)
+    ]
+    aggregate = {
+        "monitor": "val/pearson",
+        "folds": folds,
+        "test/pearson": 0.705,
+        "test/pearson_std": 0.007,
+    }
+    log_cv_summary(tmp_path, aggregate)
+    ea = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    ea.Reload()
+    (tag,) = [t for t in ea.Tags()["tensors"] if t.startswith("cv/summary")]
+    text = ea.Tensors(tag)[-1].tensor_proto.string_val[0].decode()
+    assert "| fold | val/pearson | test/pearson |" in text
+    assert "| 1 | 0.8100 | 0.7100 |" in text and "test/acc" not in text
