@@ -174,3 +174,33 @@ def test_storage_proxy_address_and_trials_that_use_it(
     trial.report(0.5, 1)
     assert optuna.load_study(study_name="p", storage=url).trials[0].intermediate_values == {1: 0.5}
     assert not (tmp_path / "no").exists()  # the database URL was never opened
+
+
+def test_a_schema_created_by_another_process_at_the_same_moment_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes opening a new SQLite study at once: the one whose table creation loses the
+    race (alembic_version UNIQUE) opens the database again instead of failing the sweep; any
+    other error is still one line."""
+    import src.sweep.study as study_module
+
+    real, calls = study_module.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num"
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", racing)
+    storage = study_module.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unable to open database file")
+
+    monkeypatch.setattr(study_module, "RDBStorage", broken)
+    with pytest.raises(ConfigError, match="cannot be opened: unable to open database file"):
+        study_module.open_storage(f"sqlite:///{tmp_path / 'other.db'}")

@@ -202,7 +202,7 @@ class Sweep:
     def _next_trial(self) -> Trial | None:
         """Start the next trial if the budget allows, atomically with respect to every other worker."""
         with self.lock.hold():
-            fail_stale_trials(self.study, self.storage)
+            fail_stale_trials(self.study, self.storage if self.s.storage_proxy else None)
             b: Budget = budget(self.study)
             if b.finished >= self.s.n_trials:
                 self._done = True

@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,15 @@ def mask_url(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
+SCHEMA_ATTEMPTS = 3
+# What creating Optuna's tables says when another process created them a moment before.
+_SCHEMA_RACE = (
+    "UNIQUE constraint failed: alembic_version",
+    "already exists",
+    "duplicate key value",
+)
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int | None = None,
@@ -159,13 +169,20 @@ def open_storage(
                     max_retry=max_retry
                 ),
             }
-        try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except Exception as e:  # bad host, password, missing driver: one line, password masked
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(
-                f"hydra.sweeper.storage={mask_url(url)!r} cannot be opened: {message.replace(url, mask_url(url))}"
-            ) from None
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            except Exception as e:  # bad host, password, missing driver: one line, password masked
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                # Another process (a second sweep command, a report, a dashboard) created the
+                # schema of a new database at the same moment: it is there now, open it again.
+                if attempt + 1 < SCHEMA_ATTEMPTS and any(m in message for m in _SCHEMA_RACE):
+                    time.sleep(0.5)
+                    continue
+                raise ConfigError(
+                    f"hydra.sweeper.storage={mask_url(url)!r} cannot be opened: {message.replace(url, mask_url(url))}"
+                ) from None
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
