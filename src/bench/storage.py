@@ -17,7 +17,6 @@ Writes `<out>/results.json` and `<out>/REPORT.md` (default experiments/sweeps/st
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import signal
 import socket
@@ -206,7 +205,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    from src.bench.trial_start import commit_label
+    from src.bench.record import write_record
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16])
@@ -220,15 +219,8 @@ def main() -> None:
     # a kill ends the run through the `finally`s: the PostgreSQL server and proxy do not outlive it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = run(args.workers, args.reps, args.seconds, args.steps)
-    results.update(
-        workers=args.workers,
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        commit=commit_label(),
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "REPORT.md").write_text(markdown(results))
-    print((args.out / "REPORT.md").read_text())
+    results["workers"] = args.workers
+    write_record(args.out, results, markdown)
 
 
 if __name__ == "__main__":

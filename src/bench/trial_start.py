@@ -14,7 +14,6 @@ Writes `<out>/results.json` and `<out>/REPORT.md` (default experiments/sweeps/tr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -124,33 +123,16 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def commit_label() -> str:
-    """HEAD's short hash, `+dirty` when src/ or conf/ has uncommitted changes (measured code that
-    no commit holds says so)."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "conf"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return commit + ("+dirty" if dirty else "")
-
-
 def main() -> None:
+    from src.bench.record import write_record
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--trials", type=int, default=3, help="trials per sweep")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "sweeps" / "trial_start")
     args = parser.parse_args()
     results = run(args.reps, args.trials)
-    results.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit=commit_label())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "REPORT.md").write_text(markdown(results))
-    print((args.out / "REPORT.md").read_text())
+    write_record(args.out, results, markdown)
 
 
 if __name__ == "__main__":
