@@ -152,6 +152,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
     check_model_pooling(cfg.model)
+    from src.init_from import check_init_from  # no torch: cheap
+
+    check_init_from(cfg)
     if cfg.model.family == "hf" and OmegaConf.is_missing(cfg.model, "pretrained"):
         raise ConfigError("model.pretrained is not set; give a hub id or a local model dir")
     if cfg.model.family == "hf" and cfg.data.get("max_length") is not None:

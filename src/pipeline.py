@@ -58,7 +58,20 @@ def build_data_and_module(cfg: DictConfig):
     from src.models.networks import build_network
 
     datamodule = build_datamodule(cfg, "fit")
-    network = build_network(cfg.model, datamodule.label_names)
+    init_from = cfg.model.get("init_from")
+    # with init_from, the pretrained weights would be overwritten at once: not loaded at all
+    network = build_network(cfg.model, datamodule.label_names, pretrained_weights=not init_from)
+    head_loaded = False
+    if init_from:  # sequential fine-tuning: an earlier run's backbone (and head: same labels)
+        from src.init_from import describe_model, init_network
+
+        head_loaded = init_network(
+            network,
+            str(init_from),
+            datamodule.label_names,
+            task_type(cfg),
+            describe_model(cfg.model),
+        )
     network = prepare_network(network, cfg.get("finetune"))
     train_report = datamodule.data_report["splits"]["train"]
     class_weights = None
@@ -90,7 +103,8 @@ def build_data_and_module(cfg: DictConfig):
         config=config,
         task=task,
     )
-    task.init_head(network, train_report)  # multi-label: output bias at the label priors
+    if not head_loaded:
+        task.init_head(network, train_report)  # multi-label: output bias at the label priors
     return datamodule, module
 
 
