@@ -478,6 +478,49 @@ def test_export_gives_checkpoint_logits(fmt, modality, text_ckpt, image_ckpt, wo
         assert json.loads((out / "preprocessing.json").read_text())["crop_size"] == 32
 
 
+def test_export_onnx_int8_is_a_quantized_approximation(text_ckpt, workdir) -> None:
+    """quantize=int8 writes model.int8.onnx beside the exact fp32 model.onnx: int8 weights (a
+    smaller file), logits close to the checkpoint's, the difference recorded in export.json."""
+    import onnx
+
+    from src.export import FILE_NAMES, QUANTIZED, export
+
+    out = workdir / "onnx_int8"
+    info = export(
+        compose_entry(
+            "export", f"ckpt_path={text_ckpt}", "format=onnx", "quantize=int8", f"out={out}"
+        )
+    )
+    assert info["check_max_abs_diff"] <= 1e-4  # model.onnx itself stays exact
+    quantized = info["quantized"]
+    assert quantized["file"] == QUANTIZED["int8"] == "model.int8.onnx"
+    assert 0 < quantized["check_max_abs_diff"] < 0.5, quantized
+    graph = onnx.load(str(out / QUANTIZED["int8"])).graph
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8, "no int8 weights in the quantized model"
+    assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger") for n in graph.node)
+    assert (out / QUANTIZED["int8"]).stat().st_size < (out / FILE_NAMES["onnx"]).stat().st_size
+    assert not (out / "model.preprocessed.onnx").exists()
+    assert json.loads((out / "export.json").read_text())["quantized"] == quantized
+
+
+@pytest.mark.parametrize("fmt", ["hf", "torchscript"])
+def test_export_quantize_needs_onnx(fmt, text_ckpt, workdir) -> None:
+    from src.errors import ConfigError
+    from src.export import export
+
+    with pytest.raises(ConfigError, match="quantize='int8' with format=" + fmt):
+        export(
+            compose_entry(
+                "export",
+                f"ckpt_path={text_ckpt}",
+                f"format={fmt}",
+                "quantize=int8",
+                f"out={workdir / ('q_' + fmt)}",
+            )
+        )
+
+
 # --------------------------------------------------------------------------- ensemble
 
 
