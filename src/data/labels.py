@@ -4,6 +4,7 @@ label columns, src/data/preflight.py) and inside the data module (also for hub d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -80,7 +81,9 @@ def _hint(key: int | str, encoder: LabelEncoder) -> str:
         return f" (labels are case-sensitive: {same[0]!r} is a class)"
     if encoder.source == "of data.label_names":
         return "; add it to data.label_names"
-    return "; set data.label_names=[...] to declare every class"
+    if encoder.source == "found in the training data":
+        return "; set data.label_names=[...] to declare every class"
+    return ""
 
 
 def encoder_from_train(
@@ -280,15 +283,22 @@ def encode_labels(
     label_column: str,
     label_columns: Sequence[str] | None = None,
     label_names: Sequence[Any] | None = None,
+    label_source: str | None = None,
 ) -> tuple[list[str], dict[str, list]]:
     """The label names and every split's labels as `task_type` reads them: class ids
     (multiclass), 0/1 vectors (multilabel: a label set per row, or `label_columns` of 0/1),
     targets (regression: `label_column`, or one per `label_columns`). `columns`: split -> the
-    label column(s) -> cell values; `train` decides the classes."""
+    label column(s) -> cell values; `train` decides the classes.
+
+    Without a `train` split (src.eval on new data) `label_names` are the classes, named in errors
+    as `label_source` (e.g. "of the checkpoint")."""
+    if "train" not in columns and task_type != "regression" and not label_names:
+        raise DataError("labels without a train split need their classes (label_names)")
     if task_type == "multiclass":
         col = label_column
         values = {s: cells[col] for s, cells in columns.items()}
-        encoder = encoder_from_train(values["train"], label_names, files.get("train"), col)
+        encoder = encoder_from_train(values.get("train", []), label_names, files.get("train"), col)
+        encoder = _named(encoder, label_source)
         return encoder.names, {s: encoder.encode(s, values[s], files.get(s), col) for s in values}
     if task_type == "regression":
         cols = list(label_columns or [label_column])
@@ -311,7 +321,13 @@ def encode_labels(
         }
     col = label_column
     values = {s: cells[col] for s, cells in columns.items()}
-    encoder = multilabel_encoder(values["train"], label_names, files.get("train"), col)
+    encoder = multilabel_encoder(values.get("train", []), label_names, files.get("train"), col)
+    encoder = _named(encoder, label_source)
     return encoder.names, {
         s: encode_label_sets(encoder, s, values[s], files.get(s), col) for s in values
     }
+
+
+def _named(encoder: LabelEncoder, source: str | None) -> LabelEncoder:
+    """`encoder` with its classes' origin, for messages, replaced by `source` when given."""
+    return encoder if source is None else dataclasses.replace(encoder, source=source)

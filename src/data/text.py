@@ -269,8 +269,9 @@ class TextDataModule(L.LightningDataModule):
             "test": self.test_fraction,
             "read": [self.delimiter, self.strip_html],
             # 2: empty texts dropped, data_report.json stored with the entry; 3: classes from
-            # the train split, test carved with test_fraction, HTML counted
-            "version": 3,
+            # the train split, test carved with test_fraction, HTML counted; 4: val / test keep
+            # their texts (errors.csv names the misclassified examples)
+            "version": 4,
         }
         # multiclass with the default reading: the key of earlier versions (caches stay valid)
         if self.task_type != "multiclass" or self.read != DEFAULT_READ:
@@ -307,7 +308,7 @@ class TextDataModule(L.LightningDataModule):
         splits: dict[str, Any] = {}
         for split, ds in raw.items():
             same = next((s for s in splits if raw[s] is ds), None)  # test is val: tokenize once
-            splits[split] = splits[same] if same else self._tokenize(ds)
+            splits[split] = splits[same] if same else self._tokenize(ds, split != "train")
         self.data_report = {**self._report(raw, splits, dropped), "html": html}
         splits = {s: ds.remove_columns("n_tokens") for s, ds in splits.items()}
         warn_about(self.data_report)
@@ -325,6 +326,40 @@ class TextDataModule(L.LightningDataModule):
                 shutil.rmtree(tmp, ignore_errors=True)
             splits = dict(load_from_disk(str(cache)))
         self.splits = splits
+
+    def setup_test_only(self) -> None:
+        """Only `test_file`, its labels read as the classes `label_names` (a checkpoint's): what
+        src.eval tests a trained run on, with no training data. Not cached (read once)."""
+        from src.data.labels import encode_labels
+
+        if not self.files["test"] or not self.label_names:
+            raise DataError("a test-only data module needs data.test_file and data.label_names")
+        datasets_cache = str(Path(self.cache_dir).parent / "datasets")
+        ds = load_local_split(self.files["test"], datasets_cache, self.delimiter, **self.read)
+        self._check_columns("test", ds)
+        cols = self.label_columns or [self.label_column]
+        self.label_names, encoded = encode_labels(
+            self.task_type,
+            {"test": _columns(ds, cols)},
+            self.files,
+            self.label_column,
+            self.label_columns,
+            self.label_names,
+            label_source="of the checkpoint",
+        )
+        ds = ds.remove_columns([c for c in ("labels",) if c in ds.column_names])
+        raw, dropped = self._drop_empty_texts({"test": ds.add_column("labels", encoded["test"])})
+        if dropped["test"]["count"]:
+            log.warning(
+                "data: %d test rows dropped (%s)",
+                dropped["test"]["count"],
+                dropped["test"]["reason"],
+            )
+        test = raw["test"]
+        if self.strip_html:
+            test = self._strip_html(test)
+        test = self._tokenize(test, keep_texts=True).remove_columns("n_tokens")
+        self.splits = {"val": test, "test": test}
 
     def _drop_empty_texts(self, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Drop rows with an empty, whitespace-only or missing text (either text of a pair)."""
@@ -458,8 +493,9 @@ class TextDataModule(L.LightningDataModule):
 
         return split_strata(self.task_type, column_values(ds, "labels"))
 
-    def _tokenize(self, ds: Any) -> Any:
-        """Token ids truncated to max_length, their `length`, and `n_tokens` (untruncated)."""
+    def _tokenize(self, ds: Any, keep_texts: bool = False) -> Any:
+        """Token ids truncated to max_length, their `length`, and `n_tokens` (untruncated);
+        `keep_texts`: the text column(s) too (held-out splits: the error analysis shows them)."""
         cols = self.text_columns
         tok, max_length = self.tokenizer, self.max_length
 
@@ -481,7 +517,7 @@ class TextDataModule(L.LightningDataModule):
             enc["length"] = [len(ids) for ids in enc["input_ids"]]
             return enc
 
-        keep = {"labels"}
+        keep = {"labels", *(cols if keep_texts else ())}
         return ds.map(
             encode,
             batched=True,
@@ -493,7 +529,8 @@ class TextDataModule(L.LightningDataModule):
 
     def _collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         for f in features:
-            f.pop("length", None)
+            for name in ("length", *self.text_columns):
+                f.pop(name, None)
         return self.tokenizer.pad(features, return_tensors="pt")
 
     def train_dataloader(self) -> DataLoader:
@@ -518,13 +555,24 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def _eval_order(self, split: str) -> list[int]:
+        """The order an eval loader serves `split` in: by length, far less padding (metrics do
+        not depend on the order)."""
+        lengths = column_values(self.splits[split], "length")
+        return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+    def examples(self, split: str) -> dict[str, list[str]]:
+        """The text column(s) of held-out `split`, in the order its loader serves them."""
+        ds = self.splits[split]
+        if not all(c in ds.column_names for c in self.text_columns):
+            return {}
+        order = self._eval_order(split)
+        return {c: [str(v[i]) for i in order] for c, v in _columns(ds, self.text_columns).items()}
+
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.splits[split]
-        # Sorted by length: far less padding, and metrics do not depend on the order.
-        lengths = column_values(ds, "length")
-        order = sorted(range(len(ds)), key=lengths.__getitem__)
         return DataLoader(
-            ds.select(order),
+            ds.select(self._eval_order(split)),
             batch_size=self.eval_batch_size,
             collate_fn=self._collate,
             num_workers=self.num_workers,
