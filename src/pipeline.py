@@ -202,6 +202,7 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     preflight_data(cfg)  # files, columns and labels (image tables: image files), pandas only
     import lightning as L
 
+    from src.analysis import ErrorAnalysis
     from src.callbacks import BestValMetrics, checkpoint_callback
     from src.checkpoints import check_resume_checkpoint
     from src.data.report import publish_data_report
@@ -221,10 +222,12 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     datamodule = maybe_cache_features(cfg, datamodule, module)  # frozen backbone: features once
 
     best_val = BestValMetrics(cfg.monitor, cfg.mode)
+    analysis = ErrorAnalysis(cfg.paths.output_dir)  # the test: per_class.csv, errors.csv
     trainer = build_trainer(
         cfg,
         extra_callbacks=[
             best_val,
+            analysis,
             *finetune_callbacks(cfg.get("finetune")),
             *(sweep_callbacks(cfg) if report_to_sweep else []),
         ],
@@ -245,6 +248,7 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     # the run contract: multiclass val|test/{loss,acc,precision,recall,f1}; see src/tasks
     metrics: dict[str, Any] = {k: best_val.best.get(k) for k in metric_keys(cfg, "val")}
     metrics.update({k: test_metrics.get(k) for k in metric_keys(cfg, "test")})
+    metrics.update(analysis.metrics)  # test/ece (classification types)
     metrics.update(
         {
             "train/loss": last_train_loss,

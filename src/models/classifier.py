@@ -62,11 +62,14 @@ class Classifier(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], metrics, mean_loss) -> torch.Tensor:
+    def _eval_step(
+        self, batch: dict[str, torch.Tensor], metrics, mean_loss
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's logits and predictions; its loss and metrics added to the epoch's."""
         logits = self(batch)
         labels = batch["labels"]
         mean_loss.update(self._loss(logits, labels), weight=len(labels))
-        return self.task.update(metrics, logits, labels)
+        return logits, self.task.update(metrics, logits, labels)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, self.val_loss)
@@ -83,10 +86,11 @@ class Classifier(L.LightningModule):
         self.val_metrics.reset()
         self.val_loss.reset()
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        preds = self._eval_step(batch, self.test_metrics, self.test_loss)
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits, preds = self._eval_step(batch, self.test_metrics, self.test_loss)
         if self.test_confusion is not None:
             self.test_confusion.update(preds, batch["labels"])
+        return logits  # what callbacks see of the batch: the error analysis (src/analysis.py)
 
     def on_test_epoch_end(self) -> None:
         values = self.task.compute(self.test_metrics, "test/")

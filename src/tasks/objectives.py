@@ -24,6 +24,12 @@ from torchmetrics.classification import (
 from torchmetrics.utilities import dim_zero_cat
 
 from src.tasks import SPECS, TaskSpec
+from src.tasks.analysis import (
+    Analysis,
+    multiclass_analysis,
+    multilabel_analysis,
+    regression_analysis,
+)
 
 # Candidate decision thresholds of the multi-label search: 0.05, 0.10, ..., 0.95.
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -83,6 +89,11 @@ class Task(nn.Module):
         """What TensorBoard shows of a computed epoch besides the scalars: tag -> matplotlib
         figure (the caller logs and closes them)."""
         return {}
+
+    def analyse(self, logits: torch.Tensor, targets: torch.Tensor) -> Analysis:
+        """The error analysis of a test epoch's `logits` and `targets` (src/tasks/analysis.py):
+        calibration, a report per class, the examples it got wrong."""
+        raise NotImplementedError
 
 
 class EpochOutputs(Metric):
@@ -162,6 +173,10 @@ class Multiclass(Task):
     def postprocess(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         probs = logits.float().softmax(dim=-1)
         return {"preds": probs.argmax(dim=-1), "probs": probs}
+
+    def analyse(self, logits: torch.Tensor, targets: torch.Tensor) -> Analysis:
+        probs = self.postprocess(logits)["probs"]
+        return multiclass_analysis(probs, targets, self.label_names)
 
 
 # --------------------------------------------------------------------------- multi-label
@@ -298,6 +313,10 @@ class Multilabel(Task):
         probs = torch.sigmoid(logits.float())
         return {"preds": probs >= self.thresholds, "probs": probs}
 
+    def analyse(self, logits: torch.Tensor, targets: torch.Tensor) -> Analysis:
+        out = self.postprocess(logits)
+        return multilabel_analysis(out["probs"], targets, out["preds"], self.label_names)
+
     def extras(self) -> dict[str, Any]:
         return {
             "thresholds": {
@@ -378,6 +397,9 @@ class Regression(Task):
 
     def postprocess(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"preds": logits.float() * self.target_std + self.target_mean}
+
+    def analyse(self, logits: torch.Tensor, targets: torch.Tensor) -> Analysis:
+        return regression_analysis(self.postprocess(logits)["preds"], targets, self.label_names)
 
     def figures(self, metrics: Any, prefix: str) -> dict[str, Any]:
         preds, targets = metrics.compute()
