@@ -12,6 +12,8 @@ Sections:
   cache     feature extraction with the frozen-feature cache vs recomputing: epoch 2+ time
   startup   time to the first training step (cold and warm tokenization cache), warm data prep
   memory    peak RSS of a default SST-2 and a default hymenoptera run
+  inference a fine-tuned MiniLM served by the checkpoint, the HF pipeline, ONNX Runtime fp32 and
+            int8: batch-32 samples/s, batch-1 latency, dev accuracy (src/bench/inference.py)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from src.bench.timing import StepLog
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "experiments" / "bench"
-SECTIONS = ("overhead", "hf", "cache", "startup", "memory")
+SECTIONS = ("overhead", "hf", "cache", "startup", "memory", "inference")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -544,6 +546,10 @@ def markdown(results: dict[str, Any]) -> str:
         for name, v in results["memory_bytes"].items():
             lines.append(f"| {name} | {v['main'] / gib:.2f} | {v['tree'] / gib:.2f} |")
         lines.append("")
+    if "inference" in results:
+        from src.bench.inference import markdown as inference_markdown
+
+        lines += inference_markdown(results["inference"], fmt)
     return "\n".join(lines)
 
 
@@ -588,6 +594,11 @@ def main() -> None:
             save()
         if sections & {"startup", "memory"}:
             results.update(bench_startup_and_memory(work, args.reps, sections))
+            save()
+        if "inference" in sections:
+            from src.bench.inference import bench_inference
+
+            results["inference"] = bench_inference(work, args.reps, stats, ftlab_run, log)
             save()
     log(f"wrote {args.out / 'REPORT.md'} ({results['bench_wall_s']:.0f} s)")
 
