@@ -204,10 +204,10 @@ CASES: dict[str, Case] = {
         text("data.train_file={words_csv}", "data.test_file={case_test_csv}"),
         "labels are case-sensitive: 'positive' is a class",
     ),
-    "eval_ignored_test_file": Case(
+    "eval_ignored_data_key": Case(
         "src.eval",
-        ("ckpt_path={good_ckpt}", "+data.test_file={train_csv}", "hydra.run.dir={runs}/{case}"),
-        "data.test_file is not a setting of this command",
+        ("ckpt_path={good_ckpt}", "+data.text_column=review", "hydra.run.dir={runs}/{case}"),
+        "data.text_column is not a setting of this command",
     ),
     "reused_run_dir": Case("src.train", text("hydra.run.dir={precious}"), "already holds a run"),
     "reused_run_dir_image": Case(
