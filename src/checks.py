@@ -52,6 +52,8 @@ DATA_KEYS: dict[str, tuple[str, ...]] = {
         "eval_batch_size",
         "augment",
         "color_jitter",
+        "mixup_alpha",
+        "cutmix_alpha",
         "num_workers",
         "seed",
         "folds",
@@ -77,6 +79,8 @@ DATA_KEYS: dict[str, tuple[str, ...]] = {
         "eval_batch_size",
         "augment",
         "color_jitter",
+        "mixup_alpha",
+        "cutmix_alpha",
         "num_workers",
         "seed",
         "folds",
@@ -140,7 +144,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if not 0.0 <= float(smoothing) < 1.0:
         raise ConfigError(f"loss.label_smoothing={smoothing} must be in [0, 1)")
     check_class_weights(cfg.get("loss", {}).get("class_weights"))
-    from src.tasks import check_task_config, spec_of
+    from src.tasks import check_task_config, spec_of, task_type
 
     check_task_config(cfg)
     monitored = spec_of(cfg).monitored  # multiclass: MONITORED
@@ -151,6 +155,10 @@ def check_train_config(cfg: DictConfig) -> None:
         )
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
+    if cfg.task.modality == "image":
+        from src.data.augment import check_augment_config  # torchvision only for a list
+
+        check_augment_config(cfg.data, task_type(cfg))
     check_model_pooling(cfg.model)
     from src.init_from import check_init_from  # no torch: cheap
 

@@ -78,8 +78,16 @@ def feature_cache_blocker(
         return f"finetune={strategy} trains backbone groups"
     if setting is False:
         return "finetune.feature_cache=false"
-    if getattr(datamodule, "augment", False):
-        return "data.augment=true makes the train transform random (features differ per epoch)"
+    augment = getattr(datamodule, "augment", False)
+    if augment:
+        from src.data.augment import describe
+
+        return f"{describe(augment)} makes the train transform random (features differ per epoch)"
+    mixing = [k for k in ("mixup_alpha", "cutmix_alpha") if getattr(datamodule, k, None)]
+    if mixing:
+        return (
+            f"data.{mixing[0]} mixes the training images of each batch (features differ per epoch)"
+        )
     blocker = network.feature_cache_blocker()
     if blocker is not None:
         return blocker

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from src.data.augment import MixCollate, augment_entries, build_augment, check_mixing, sets_size
 from src.data.report import MAX_LISTED, build_report, warn_about
 from src.data.resumable import resumable_train_loader
 from src.data.splits import carve_splits
@@ -57,17 +58,23 @@ def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES)
 
 
-def build_transforms(pre: ImagePreprocessing, augment: bool, color_jitter: float) -> v2.Compose:
-    """Train: random resized crop, flip, colour jitter. Eval: resize + centre crop."""
+def build_transforms(
+    pre: ImagePreprocessing, augment: bool | list[dict[str, Any]], color_jitter: float
+) -> v2.Compose:
+    """Train (`augment=True`): random resized crop, flip, colour jitter. Eval (`False`): resize +
+    centre crop. A list: those transforms v2 (src/data/augment.py), on a float image in [0, 1]."""
     to_tensor = [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(pre.mean, pre.std),
     ]
+    eval_geometry = [v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(pre.crop_size)]
+    if isinstance(augment, list):
+        chosen = build_augment(augment, pre.crop_size)
+        geometry = [] if any(sets_size(t) for t in chosen) else eval_geometry
+        return v2.Compose([*to_tensor[:2], *geometry, *chosen, to_tensor[2]])
     if not augment:
-        return v2.Compose(
-            [v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(pre.crop_size), *to_tensor]
-        )
+        return v2.Compose([*eval_geometry, *to_tensor])
     jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
     return v2.Compose(
         [
@@ -114,8 +121,10 @@ class ImageDataModule(L.LightningDataModule):
         test_fraction: float | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 64,
-        augment: bool = True,
+        augment: bool | list[dict[str, Any]] = True,
         color_jitter: float = 0.2,
+        mixup_alpha: float | None = None,
+        cutmix_alpha: float | None = None,
         num_workers: int = 2,
         seed: int = 42,
         folds: int | None = None,
@@ -129,8 +138,12 @@ class ImageDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction  # no test/ folder: hold out this share of train
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.augment = augment
+        # True / False, or a list of transform entries: checked here, before any image is read
+        self.augment = augment_entries(augment)
+        if isinstance(self.augment, list):
+            build_augment(self.augment, processor.crop_size)
         self.color_jitter = color_jitter
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.num_workers = num_workers
         self.seed = seed
         # Cross-validation: val is fold `fold` of `folds` stratified folds of train.
@@ -146,7 +159,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def _folder(self, split: str, train_transform: bool) -> datasets.ImageFolder:
         path = self.root / self.dirs[split]
-        transform = build_transforms(self.pre, self.augment and train_transform, self.color_jitter)
+        transform = build_transforms(
+            self.pre, self.augment if train_transform else False, self.color_jitter
+        )
         try:
             folder = datasets.ImageFolder(
                 str(path), transform=transform, loader=rgb_loader, is_valid_file=is_image_file
@@ -271,14 +286,25 @@ class ImageDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
+    def train_collate(self) -> MixCollate | None:
+        """MixUp / CutMix of the training batches (data.mixup_alpha, data.cutmix_alpha), or None."""
+        alphas = check_mixing(
+            {"mixup_alpha": self.mixup_alpha, "cutmix_alpha": self.cutmix_alpha}, self.task_type
+        )
+        if not alphas:
+            return None
+        return MixCollate(self.num_classes, alphas.get("mixup_alpha"), alphas.get("cutmix_alpha"))
+
     def train_dataloader(self) -> DataLoader:
         # Epoch-seeded and resumable: a run killed mid-epoch resumes on the same batches.
+        collate = self.train_collate()
         return resumable_train_loader(
             self.splits["train"],
             self.batch_size,
             self.seed,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            **({"collate_fn": collate} if collate else {}),
         )
 
     def val_dataloader(self) -> DataLoader:
