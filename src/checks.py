@@ -155,6 +155,7 @@ def check_train_config(cfg: DictConfig) -> None:
         )
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
+    check_scheduler(cfg.get("scheduler"), monitored)
     if cfg.task.modality == "image":
         from src.data.augment import check_augment_config  # torchvision only for a list
 
@@ -204,6 +205,41 @@ def check_model_pooling(model: DictConfig) -> None:
             f"model.pooling={pooling!r} applies to text encoders (model=bert); "
             f"model={model.get('name')} pools as its architecture does"
         )
+
+
+PLATEAU_KEYS = ("name", "monitor", "mode", "factor", "patience", "threshold", "cooldown", "min_lr")
+
+
+def check_scheduler(sched: DictConfig | None, monitored: tuple[str, ...]) -> None:
+    """scheduler.name is a known schedule; plateau's settings are values it can work with."""
+    from src.phases import SCHEDULES  # = src.optim.SCHEDULES, without torch
+
+    if not sched:
+        return
+    name = sched.get("name")
+    if name not in SCHEDULES:
+        raise ConfigError(f"scheduler.name={name!r}; valid: {', '.join(SCHEDULES)}")
+    if name != "plateau":
+        return
+    unknown = [k for k in sched if k not in PLATEAU_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"scheduler.{unknown[0]} is not a setting of scheduler=plateau (it has no warmup); "
+            f"valid: {', '.join(PLATEAU_KEYS[1:])}"
+        )
+    if sched.get("monitor") not in monitored:
+        raise ConfigError(
+            f"scheduler.monitor={sched.get('monitor')!r}; valid: {', '.join(monitored)}"
+        )
+    if sched.get("mode") not in ("min", "max"):
+        raise ConfigError(f"scheduler.mode={sched.get('mode')!r}; valid: min, max")
+    factor = sched.get("factor", 0.1)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+        raise ConfigError(f"scheduler.factor={factor!r} is invalid: must be a float in (0, 1)")
+    for key in ("patience", "cooldown"):
+        _positive(sched.get(key, 0), f"scheduler.{key}", int, 0)
+    for key in ("threshold", "min_lr"):
+        _positive(sched.get(key, 0.0), f"scheduler.{key}", minimum=-1e-300)
 
 
 def check_epochs(trainer: DictConfig) -> None:

@@ -42,10 +42,10 @@ from src.errors import ConfigError
 from src.models.groups import select_groups
 from src.models.networks import Network
 from src.optim import (
-    build_scheduler,
     discriminative_param_groups,
     group_lr,
     group_param_groups,
+    scheduler_config,
     sync_scheduler_groups,
 )
 from src.phases import phase_list
@@ -443,11 +443,17 @@ class PhaseSchedule(FreezeSchedule):
 
     At the first epoch of a phase its groups become trainable (the others frozen, their BatchNorm
     in eval mode) and the optimizer and LR scheduler are rebuilt for it: the module's optimizer
-    factory over `src.optim`'s discriminative param groups, a `build_scheduler` schedule over the
+    factory over `src.optim`'s discriminative param groups, a `scheduler_config` schedule over the
     phase's steps. Parameters that trained in the previous phase keep their optimizer state
     (Adam's moments and step count, as fastai's freeze/unfreeze does). The phase index and what
     each phase did travel with checkpoints: a resumed run rebuilds the phase it was in, and
     Lightning then restores that optimizer's and scheduler's state into it.
+
+    A phase whose schedule is `plateau` (scheduler=plateau sets it for every phase that names no
+    schedule of its own) starts at its own LRs, and its plateau starts afresh (best value, bad
+    epochs, reductions): a phase changes what trains, so the monitored metric of the phase
+    before says nothing about when this one has stalled. Within the phase the plateau scales the
+    phase's discriminative LRs.
     """
 
     def __init__(self, phases: Sequence[Mapping[str, Any]], frozen: Sequence[str] = ()) -> None:
@@ -514,11 +520,16 @@ class PhaseSchedule(FreezeSchedule):
                 if p in old.state:  # trained in the previous phase: its moments carry on
                     optimizer.state[p] = old.state[p]
         steps = steps_per_epoch(trainer) * int(self.phases[index]["epochs"])
-        scheduler = build_scheduler(
-            settings["schedule"], optimizer, float(settings["warmup"]), steps
+        # the run's scheduler settings (plateau's factor, patience, ...) with the phase's schedule
+        run_sched = pl_module.hparams.get("scheduler") or {}
+        sched = {**run_sched, "name": settings["schedule"], "warmup": float(settings["warmup"])}
+        run = pl_module.hparams.get("config") or {}
+        lightning_cfg = scheduler_config(
+            sched, optimizer, steps, run.get("monitor"), run.get("mode")
         )
         trainer.strategy.optimizers = [optimizer]
-        trainer.strategy.lr_scheduler_configs = [dataclasses.replace(config, scheduler=scheduler)]
+        # interval, monitor: a plateau phase steps per epoch on the metric, the others per step
+        trainer.strategy.lr_scheduler_configs = [dataclasses.replace(config, **lightning_cfg)]
         self.phase = index
         if all(r["phase"] != index for r in self.record):
             first_epoch = sum(int(p["epochs"]) for p in self.phases[:index])

@@ -9,11 +9,14 @@ from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from src.errors import ConfigError
 
-SCHEDULES = ("constant", "linear", "cosine", "one_cycle")
+STEP_SCHEDULES = ("constant", "linear", "cosine", "one_cycle")  # LambdaLR, stepped per step
+SCHEDULES = (*STEP_SCHEDULES, "plateau")  # plateau: per epoch, on the monitored metric
+# scheduler=plateau's settings (conf/scheduler/plateau.yaml) and their defaults
+PLATEAU_DEFAULTS = {"factor": 0.1, "patience": 2, "threshold": 1e-4, "cooldown": 0, "min_lr": 0.0}
 # Slanted triangular LR (ULMFiT): the LR climbs from peak/32 to the peak, then falls back to peak/32.
 STLR_RATIO = 32.0
 
@@ -92,20 +95,92 @@ def build_scheduler(name: str, optimizer: Optimizer, warmup: float, total_steps:
         return get_scheduler(
             name, optimizer, num_warmup_steps=n_warmup, num_training_steps=total_steps
         )
+    if name == "plateau":
+        raise ConfigError(
+            "scheduler.name=plateau is stepped per epoch: build it with scheduler_config"
+        )
     raise ConfigError(f"scheduler.name={name!r}; valid: {', '.join(SCHEDULES)}")
 
 
-def sync_scheduler_groups(scheduler: LambdaLR) -> None:
+class PlateauScale(ReduceLROnPlateau):
+    """torch's ReduceLROnPlateau: every param group's LR times `factor` after `patience` epochs
+    without improvement of the monitored metric. It scales the LRs the groups have, so
+    discriminative LRs keep their ratios; `scale` (the product of the reductions so far) lets a
+    group added mid-run (gradual unfreezing) join at its own LR times the same scale."""
+
+    def __init__(self, optimizer: Optimizer, **kwargs: Any) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.scale = 1.0
+
+    def _reduce_lr(self, epoch: Any) -> None:
+        super()._reduce_lr(epoch)
+        self.scale *= self.factor
+
+    def add_new_groups(self) -> None:
+        groups = self.optimizer.param_groups
+        for group in groups[len(self.min_lrs) :]:
+            group.setdefault("initial_lr", group["lr"])
+            self.min_lrs.append(self.default_min_lr or 0.0)
+            group["lr"] = max(group["initial_lr"] * self.scale, self.min_lrs[-1])
+        self._last_lr = [g["lr"] for g in groups]
+
+
+def scheduler_config(
+    sched: dict[str, Any],
+    optimizer: Optimizer,
+    total_steps: int,
+    monitor: str | None = None,
+    mode: str | None = None,
+) -> dict[str, Any]:
+    """The Lightning `lr_scheduler` dict for `sched` (scheduler.name and its settings): the
+    per-step LambdaLR schedules, or plateau, stepped per epoch on `sched`'s monitor and mode
+    (default: the run's `monitor` / `mode`)."""
+    name = str(sched["name"])
+    if name == "plateau":
+        settings = {k: sched.get(k, v) for k, v in PLATEAU_DEFAULTS.items()}
+        plateau = PlateauScale(
+            optimizer,
+            mode=str(sched.get("mode") or mode or "max"),
+            factor=float(settings["factor"]),
+            patience=int(settings["patience"]),
+            threshold=float(settings["threshold"]),
+            cooldown=int(settings["cooldown"]),
+            min_lr=float(settings["min_lr"]),
+        )
+        return {
+            "scheduler": plateau,
+            "interval": "epoch",
+            "frequency": 1,
+            "monitor": str(sched.get("monitor") or monitor),
+            "strict": True,
+            "reduce_on_plateau": True,
+        }
+    scheduler = build_scheduler(name, optimizer, float(sched.get("warmup", 0)), total_steps)
+    return {
+        "scheduler": scheduler,
+        "interval": "step",
+        "frequency": 1,
+        "monitor": None,
+        "strict": True,
+        "reduce_on_plateau": False,
+    }
+
+
+def sync_scheduler_groups(scheduler: LambdaLR | PlateauScale) -> None:
     """Let a scheduler drive param groups added after it was built (gradual unfreezing).
 
     torch's LambdaLR only knows the groups it was built with (and zips strictly, so a new group
     would make its next step fail). A new group gets group 0's multiplier with its own LR as peak
     (`initial_lr`), and joins the schedule where it is now: lr = initial_lr * multiplier(step).
+    Under plateau, a new group joins at its own LR times the reductions so far.
     """
+    if isinstance(scheduler, PlateauScale):
+        scheduler.add_new_groups()
+        return
     if not isinstance(scheduler, LambdaLR):
         raise ConfigError(
             f"{type(scheduler).__name__} cannot take param groups added mid-run; "
-            f"use one of the LambdaLR schedules: {', '.join(SCHEDULES)}"
+            f"use one of: {', '.join(SCHEDULES)}"
         )
     groups = scheduler.optimizer.param_groups
     for group in groups[len(scheduler.lr_lambdas) :]:

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src.errors import ConfigError
 
 PHASE_KEYS = ("epochs", "trainable", "lr", "lr_decay", "schedule", "warmup")
-SCHEDULES = ("constant", "linear", "cosine", "one_cycle")  # = src.optim.SCHEDULES (no torch here)
+# = src.optim.SCHEDULES (no torch here)
+SCHEDULES = ("constant", "linear", "cosine", "one_cycle", "plateau")
 EXAMPLE = "e.g. finetune.phases=[{trainable:[],epochs:1,lr:1e-3},{trainable:all,epochs:2,lr:3e-5}]"
 
 

@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 
 from src.models.networks import Network
-from src.optim import build_scheduler, discriminative_param_groups
+from src.optim import discriminative_param_groups, scheduler_config
 from src.tasks import build_task
 from src.tasks.objectives import Task, classification_metrics
 
@@ -149,8 +149,10 @@ class Classifier(L.LightningModule):
         optimizer = factory(groups)
         sched = self.hparams.scheduler or {"name": "constant", "warmup": 0}
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(sched["name"], optimizer, float(sched["warmup"]), total)
+        run = self.hparams.config or {}  # plateau's default metric and direction
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+            "lr_scheduler": scheduler_config(
+                dict(sched), optimizer, total, run.get("monitor"), run.get("mode")
+            ),
         }
