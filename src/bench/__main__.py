@@ -14,6 +14,7 @@ Sections:
   memory    peak RSS of a default SST-2 and a default hymenoptera run
   inference a fine-tuned MiniLM served by the checkpoint, the HF pipeline, ONNX Runtime fp32 and
             int8: batch-32 samples/s, batch-1 latency, dev accuracy (src/bench/inference.py)
+  contention a default run's samples/s alone vs two at once (src/bench/contention.py)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from src.bench.timing import StepLog
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "experiments" / "bench"
-SECTIONS = ("overhead", "hf", "cache", "startup", "memory", "inference")
+SECTIONS = ("overhead", "hf", "cache", "startup", "memory", "inference", "contention")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -550,6 +551,10 @@ def markdown(results: dict[str, Any]) -> str:
         from src.bench.inference import markdown as inference_markdown
 
         lines += inference_markdown(results["inference"], fmt)
+    if "contention" in results:
+        from src.bench.contention import markdown as contention_markdown
+
+        lines += contention_markdown(results["contention"], fmt)
     return "\n".join(lines)
 
 
@@ -599,6 +604,11 @@ def main() -> None:
             from src.bench.inference import bench_inference
 
             results["inference"] = bench_inference(work, args.reps, stats, ftlab_run, log)
+            save()
+        if "contention" in sections:
+            from src.bench.contention import bench_contention
+
+            results["contention"] = bench_contention(work, args.reps, stats, log)
             save()
     log(f"wrote {args.out / 'REPORT.md'} ({results['bench_wall_s']:.0f} s)")
 

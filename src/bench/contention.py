@@ -1,0 +1,115 @@
+"""`python -m src.bench --sections contention`: a default run sharing the machine with another.
+
+The README's main job (`model=bert task=sentiment`, on a slice, a fixed number of steps) as a
+subprocess, its training samples/s timed by src.bench.timing.StepTimer: alone, then two of them at
+once. Goal: each of the two keeps ≥ 0.4 of the solo rate (half the machine each, less a little);
+a collapse far below that means the runs' threads fight (OpenMP spin-waiting, oversubscription).
+Solo and pair repetitions alternate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from src.bench.timing import StepLog
+
+RUN = [
+    "model=bert",
+    "task=sentiment",
+    "data.limit_train=4000",
+    "trainer.max_steps=40",
+    "trainer.limit_val_batches=0",
+    "callbacks.early_stopping=null",
+    "callbacks.model_checkpoint=null",
+    "test=false",
+]
+WARMUP = 5
+
+
+def launch(work: Path, tag: str, extra_env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    out = work / f"{tag}_{time.monotonic_ns()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "src.train",
+        *RUN,
+        f"hydra.run.dir={out}",
+        "+callbacks.step_timer._target_=src.bench.timing.StepTimer",
+        f"+callbacks.step_timer.out={out / 'steps.json'}",
+    ]
+    env = {**os.environ, **extra_env}
+    log_file = (work / f"{out.name}.log").open("w")
+    proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    return proc, out
+
+
+def rate(proc: subprocess.Popen, out: Path) -> float:
+    if proc.wait() != 0:
+        raise RuntimeError(f"contention run failed (rc {proc.returncode}); see {out}.log")
+    return StepLog.from_dict(json.loads((out / "steps.json").read_text())).throughput(WARMUP)
+
+
+VARIANTS = {
+    "ftlab's default (GOMP_SPINCOUNT=3000, src/__init__.py)": {},
+    "libgomp's default (GOMP_SPINCOUNT=300000)": {"GOMP_SPINCOUNT": "300000"},
+}
+# Measured once beside these (results_wait_policies.json): OMP_WAIT_POLICY=PASSIVE and
+# OMP_NUM_THREADS=1 never collapse, but cost 30% alone.
+
+
+def bench_contention(
+    work: Path,
+    reps: int,
+    stats: Callable,
+    log: Callable,
+    variants: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    variants = VARIANTS if variants is None else variants
+    solo: dict[str, list[float]] = {k: [] for k in variants}
+    pair: dict[str, list[float]] = {k: [] for k in variants}
+    for rep in range(reps):
+        for name, env in variants.items():
+            log(f"contention rep {rep + 1}/{reps} ({name}): alone")
+            solo[name].append(rate(*launch(work, "solo", env)))
+            log(f"contention rep {rep + 1}/{reps} ({name}): two at once")
+            runs = [launch(work, f"pair{i}", env) for i in range(2)]
+            rates = [rate(*r) for r in runs]
+            pair[name].extend(rates)
+            log(f"  alone {solo[name][-1]:.1f}/s, together {rates[0]:.1f} + {rates[1]:.1f}/s")
+    return {
+        "run": RUN,
+        "variants": {k: dict(v) for k, v in variants.items()},
+        "solo_samples_per_s": {k: stats(v) for k, v in solo.items()},
+        "pair_samples_per_s": {k: stats(v) for k, v in pair.items()},
+        "ratio_pair_over_solo": {
+            k: statistics.median(pair[k]) / statistics.median(solo[k]) for k in variants
+        },
+    }
+
+
+def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
+    lines = [
+        "## Two runs sharing the machine",
+        "",
+        f"`python -m src.train {' '.join(r['run'])}` (training samples/s after {WARMUP} "
+        "steps) alone, and two of them started together. Goal: each of the two ≥ 0.4 of "
+        "the solo rate.",
+        "",
+        "| threads | alone samples/s | each of two samples/s | each / alone |",
+        "|---|---|---|---|",
+    ]
+    for k in r["solo_samples_per_s"]:
+        lines.append(
+            f"| {k} | {fmt(r['solo_samples_per_s'][k], 1)} | {fmt(r['pair_samples_per_s'][k], 1)} "
+            f"| **{r['ratio_pair_over_solo'][k]:.2f}** |"
+        )
+    lines.append("")
+    return lines
