@@ -50,7 +50,9 @@ def test_tokenization_is_cached_on_disk(tokenizer, tiny_text_data, tmp_path, mon
     calls = []
     original = TextDataModule._tokenize
     monkeypatch.setattr(
-        TextDataModule, "_tokenize", lambda self, ds: calls.append(1) or original(self, ds)
+        TextDataModule,
+        "_tokenize",
+        lambda self, ds, *a, **k: calls.append(1) or original(self, ds, *a, **k),
     )
     second = text_dm(tokenizer, tmp_path, **files)
     second.setup()

@@ -132,7 +132,9 @@ def test_text_report_counts_and_cache_hit(tokenizer, planted, tmp_path, monkeypa
     assert max(dm.splits["train"]["length"]) == MAX_LENGTH
 
     # A cache hit gives the same report without tokenizing again.
-    monkeypatch.setattr(TextDataModule, "_tokenize", lambda self, ds: pytest.fail("tokenized"))
+    monkeypatch.setattr(
+        TextDataModule, "_tokenize", lambda self, ds, *a, **k: pytest.fail("tokenized")
+    )
     again = planted_dm(tokenizer, planted, tmp_path / "cache")
     again.setup()
     assert again.data_report == dm.data_report
