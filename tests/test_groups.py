@@ -220,7 +220,11 @@ def test_deberta_mean_pooling_runs_its_head_apart(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["distilbert", "roberta", "deberta_v2"])
 def test_hub_encoders_offline_say_what_to_do(name, monkeypatch) -> None:
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read once at import: without this the hub is tried (and retried for ~90 s) with no network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "bert.yaml"), cfg)
     with pytest.raises(ModelUnavailableError) as e:
