@@ -116,6 +116,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(f.fileno())
 
 
+def weight_mismatch(
+    expected: dict[str, tuple], found: dict[str, tuple]
+) -> tuple[list[str], list[str], list[str], str]:
+    """Parameter names -> shapes, ours vs a checkpoint's: (missing, unexpected, of another shape,
+    one example for a message). All three lists empty: the weights fit."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if reshaped:
+        example = (
+            f"{reshaped[0]} is {list(found[reshaped[0]])} there, {list(expected[reshaped[0]])} here"
+        )
+    else:
+        example = f"e.g. {(missing or unexpected)[0]}" if missing or unexpected else ""
+    return missing, unexpected, reshaped, example
+
+
 def check_resume_checkpoint(path: str, module: L.LightningModule) -> None:
     """A checkpoint to resume from must be readable and hold weights of this very network.
 
@@ -136,15 +153,8 @@ def check_resume_checkpoint(path: str, module: L.LightningModule) -> None:
         )
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
-    missing = sorted(expected.keys() - found.keys())
-    unexpected = sorted(found.keys() - expected.keys())
-    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    missing, unexpected, reshaped, example = weight_mismatch(expected, found)
     if missing or unexpected or reshaped:
-        example = (
-            f"{reshaped[0]} is {list(found[reshaped[0]])} there, {list(expected[reshaped[0]])} here"
-            if reshaped
-            else f"e.g. {(missing or unexpected)[0]}"
-        )
         hint = "the model and task config of the run that wrote it"
         if unexpected and not missing and not reshaped and all(".pooler." in k for k in unexpected):
             # a run from before model.pooling existed (MiniLM: auto now means mean, no pooler)

@@ -155,6 +155,8 @@ def init_network(
     True when the head was loaded too. Logs which, in one line."""
     import torch
 
+    from src.checkpoints import weight_mismatch
+
     source = read_source(path)
     own = network.state_dict()
     head = head_keys(network)
@@ -162,15 +164,8 @@ def init_network(
     # the source's head has the same names as ours (same architecture), whatever its size
     expected = {k: tuple(v.shape) for k, v in own.items() if k not in head}
     backbone = {k: tuple(v.shape) for k, v in found.items() if k not in head}
-    missing = sorted(expected.keys() - backbone.keys())
-    unexpected = sorted(backbone.keys() - expected.keys())
-    reshaped = sorted(k for k in expected.keys() & backbone.keys() if expected[k] != backbone[k])
+    missing, unexpected, reshaped, example = weight_mismatch(expected, backbone)
     if missing or unexpected or reshaped:
-        example = (
-            f"{reshaped[0]} is {list(backbone[reshaped[0]])} there, {list(expected[reshaped[0]])} here"
-            if reshaped
-            else f"e.g. {(missing or unexpected)[0]}"
-        )
         hint = f"set model= (and model.pretrained) to the architecture of {source.model}"
         pooler = [k for k in missing + unexpected if ".pooler." in k]
         if pooler and len(pooler) == len(missing) + len(unexpected) and not reshaped:
