@@ -83,7 +83,8 @@ def member_paths(cfg: DictConfig) -> list[Path]:
 @torch.inference_mode()
 def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOutput:
     """One member's class probabilities on the split, in the split's own order."""
-    from src.pipeline import checkpoint_datamodule, load_run, relocate_data
+    from src.pipeline import checkpoint_datamodule
+    from src.saved_run import load_run, relocate_data
 
     model = load_run(path)
     if model.module.task.name != "multiclass":

@@ -13,14 +13,9 @@ from omegaconf import DictConfig
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.errors import ConfigError, exit_on_user_error
-from src.pipeline import (
-    build_eval_trainer,
-    checkpoint_datamodule,
-    load_run,
-    read_run,
-    relocate_data,
-)
+from src.pipeline import build_eval_trainer, checkpoint_datamodule
 from src.results import print_summary, write_metrics
+from src.saved_run import load_run, read_run, relocate_data
 from src.tasks import metric_keys
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 
 import src  # noqa: F401  (registers the ${ftlab_root:} resolver)
 from src.errors import ConfigError, ensure_writable_dir, exit_on_user_error
-from src.pipeline import LoadedRun, load_run
+from src.saved_run import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
 

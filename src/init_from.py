@@ -27,7 +27,9 @@ HF_TASK_TYPES = {"multi_label_classification": "multilabel", "regression": "regr
 
 
 def check_init_from(cfg: DictConfig) -> None:
-    """Cheap checks (no torch): the path exists, and the run is not also a resume."""
+    """Cheap checks (no torch): the path exists, and the run does not also resume a checkpoint
+    (`ckpt_path`). With `resume=true` it may: the first start initialises from init_from, a
+    restart (preemption, requeue) resumes its own last.ckpt (see `resumes_own_checkpoint`)."""
     path = cfg.model.get("init_from")
     if path in (None, ""):
         return
@@ -36,11 +38,6 @@ def check_init_from(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{key} and ckpt_path={cfg.ckpt_path!r} disagree: ckpt_path resumes a run (optimizer, "
             "epoch and step included), init_from starts a new one from its weights; give one"
-        )
-    if cfg.get("resume"):
-        raise ConfigError(
-            f"{key} with resume=true: resume continues this run dir's last.ckpt, init_from starts "
-            "a new run from another's weights; give one"
         )
     file = Path(str(path)).expanduser()
     if not file.exists():
@@ -75,7 +72,7 @@ def read_source(path: str) -> InitSource:
 
 
 def _read_checkpoint(path: str) -> InitSource:
-    from src.pipeline import load_checkpoint, module_from_checkpoint
+    from src.saved_run import load_checkpoint, module_from_checkpoint
     from src.tasks import task_type
 
     try:

@@ -434,7 +434,7 @@ def predict(cfg: DictConfig) -> Path:
     source = read_input(cfg)
     out = output_path(cfg, source)
     device = resolve_device(str(cfg.device))
-    from src.pipeline import load_run, read_run
+    from src.saved_run import load_run, read_run
 
     saved = read_run(cfg.ckpt_path)
     pair_column = check_fits_model(source, cfg, saved.run_cfg)

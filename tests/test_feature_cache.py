@@ -83,7 +83,7 @@ def test_text_cached_matches_uncached_and_reuses_entry(tiny_bert, tiny_text_data
 
 
 def test_image_cached_matches_uncached_and_checkpoint_predicts(tiny_images, tmp_path) -> None:
-    from src.pipeline import load_run
+    from src.saved_run import load_run
 
     cache = tmp_path / "cache"
     images = image_overrides(tiny_images)

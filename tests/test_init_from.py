@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ import src  # noqa: F401  (the ${ftlab_root:} resolver)
 from src.checks import check_train_config
 from src.errors import ConfigError
 from src.init_from import head_keys
-from src.pipeline import build_data_and_module, load_run, train
+from src.pipeline import build_data_and_module, train
+from src.saved_run import load_run
 from tests.conftest import ROOT, tiny_text_overrides
 
 
@@ -186,16 +188,44 @@ def test_missing_path_is_one_line(source, tiny_bert, tiny_text_data) -> None:
         check_train_config(cfg)
 
 
-@pytest.mark.parametrize(
-    "extra,message",
-    [("ckpt_path=last", "and ckpt_path='last' disagree"), ("resume=true", "with resume=true")],
-)
-def test_init_from_with_a_resume_is_refused(source, tiny_bert, tiny_text_data, extra, message):
+def test_init_from_with_a_checkpoint_to_resume_is_refused(source, tiny_bert, tiny_text_data):
     cfg = compose_run(
-        tiny_bert, tiny_text_data, source["root"] / "y", f"model.init_from={source['ckpt']}", extra
+        tiny_bert,
+        tiny_text_data,
+        source["root"] / "y",
+        f"model.init_from={source['ckpt']}",
+        "ckpt_path=last",
     )
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match="and ckpt_path='last' disagree"):
         check_train_config(cfg)
+
+
+def test_init_from_with_resume_starts_from_the_source_then_resumes_its_own_run(
+    source, tiny_bert, tiny_text_data, caplog
+) -> None:
+    """One command for a preemptible sequential fine-tuning job: the first start initialises
+    from init_from (no last.ckpt yet), a restart continues its own last.ckpt at its step."""
+    out = source["root"] / "init_then_resume"
+    run = partial(
+        compose_run,
+        tiny_bert,
+        tiny_text_data,
+        out,
+        f"model.init_from={source['ckpt']}",
+        "resume=true",
+        "+callbacks.probe._target_=tests.test_init_from.StartProbe",
+    )
+    check_train_config(run())
+    with caplog.at_level(logging.INFO):
+        first = train(run(), report_to_sweep=False)
+    assert "init_from: backbone + head from" in caplog.text
+    assert StartProbe.seen["step"] == 0 and first["global_step"] == 3
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second = train(run("trainer.max_epochs=2"), report_to_sweep=False)
+    assert "last.ckpt found, model.init_from=" in caplog.text
+    assert "init_from: backbone" not in caplog.text
+    assert StartProbe.seen["step"] == 3 and second["global_step"] == 6
 
 
 def test_checkpoint_of_another_architecture_names_the_mismatch(

@@ -228,7 +228,7 @@ def test_mean_run_reloads_mean_and_has_no_hf_export(st_dir, tiny_text_data, tmp_
 
     shutil.rmtree(model_dir / "1_Pooling")  # auto would now mean the pooler: the ckpt says mean
     (model_dir / "modules.json").unlink()
-    from src.pipeline import load_run
+    from src.saved_run import load_run
 
     ckpt = metrics["best_ckpt_path"]
     model = load_run(ckpt)

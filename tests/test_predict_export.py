@@ -88,8 +88,8 @@ def image_ckpt(tiny_images, workdir) -> Path:
 def checkpoint_probs(ckpt: Path, texts: list[str]) -> torch.Tensor:
     """Reference probabilities: the checkpoint's module run in this process, on texts truncated
     to the run's max_length as in training."""
-    from src.pipeline import load_run
     from src.predict import text_batches
+    from src.saved_run import load_run
 
     model = load_run(ckpt)
     max_length = model.max_length
@@ -442,7 +442,7 @@ def test_export_gives_checkpoint_logits(fmt, modality, text_ckpt, image_ckpt, wo
     import onnxruntime as ort
 
     from src.export import FILE_NAMES
-    from src.pipeline import load_run
+    from src.saved_run import load_run
 
     ckpt = text_ckpt if modality == "text" else image_ckpt
     out = workdir / f"{fmt}_{modality}"

@@ -49,7 +49,7 @@ def hf_and_ftlab(out: Path, ckpt: str, texts: list[str], pairs: list[str] | None
     its tokenizer, and ftlab's post-processed outputs of the checkpoint on that batch."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from src.pipeline import load_run
+    from src.saved_run import load_run
 
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     batch = AutoTokenizer.from_pretrained(out)(texts, pairs, padding=True, return_tensors="pt")

@@ -46,8 +46,8 @@ Predictor = Callable[[Sequence[str]], torch.Tensor]  # sentences -> logits (or s
 
 
 def checkpoint_predictor(ckpt: Path) -> Predictor:
-    from src.pipeline import load_run
     from src.predict import text_batches
+    from src.saved_run import load_run
 
     model = load_run(ckpt)
     module = model.module.eval()
