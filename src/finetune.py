@@ -6,7 +6,8 @@
   where that is exact (`finetune.feature_cache`, see `src.features`).
 - `partial`: the top `trainable_groups` groups and the head train.
 - `gradual`: ULMFiT; the head first, then one more group (top down) per milestone epoch.
-- `lora`: LoRA adapters (peft) in a BERT-style encoder; only adapters and head train.
+- `lora`: LoRA adapters (peft, `src.lora`) in a text encoder or an image backbone; only adapters
+  and head train.
 - `phases`: a list of phases (`src.phases`), each with its groups, epochs, LR, layer-wise decay
   and schedule, e.g. the head alone at 1e-3, then everything at 3e-5 with LLRD.
 
@@ -39,6 +40,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from src.errors import ConfigError
+from src.lora import check_lora_config, inject_lora
 from src.models.groups import select_groups
 from src.models.networks import Network
 from src.optim import (
@@ -115,22 +117,7 @@ def check_finetune_config(finetune_cfg: DictConfig | None, modality: str) -> Non
             _int_at_least(every, "finetune.unfreeze_every", 1)
         _int_at_least(cfg.get("groups_per_step", 1), "finetune.groups_per_step", 1)
     if strategy == "lora":
-        if modality != "text":
-            raise ConfigError(
-                f"finetune=lora needs a transformer (model=bert, ...), not a {modality} model; "
-                f"for CNNs use one of: {', '.join(s for s in STRATEGIES if s != 'lora')}"
-            )
-        _int_at_least(cfg.get("rank"), "finetune.rank", 1)
-        alpha, dropout = cfg.get("alpha"), cfg.get("dropout", 0.0)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ConfigError(f"finetune.alpha={alpha!r} is invalid: must be a float > 0")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"finetune.dropout={dropout!r} is invalid: must be in [0, 1)")
-        targets = cfg.get("target_modules")
-        if not isinstance(targets, (list, ListConfig)) or not targets:
-            raise ConfigError(
-                f"finetune.target_modules={targets!r} must be a non-empty list, e.g. [query,value]"
-            )
+        check_lora_config(cfg)
 
 
 def _check_group_list(value: Any, key: str) -> None:
@@ -223,38 +210,6 @@ def phase_groups(
             f"{key} and finetune.frozen both name {', '.join(both)}; a frozen group never trains"
         )
     return chosen
-
-
-def inject_lora(network: Network, finetune_cfg: DictConfig) -> None:
-    """LoRA adapters in place (peft), so the network keeps its layer groups; base weights frozen."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    model = network.model
-    targets = [str(t) for t in finetune_cfg.target_modules]
-    linear_names = sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    )
-    unknown = [t for t in targets if t not in linear_names]
-    if unknown:
-        raise ConfigError(
-            f"finetune.target_modules has {unknown}, not a linear layer of this model; "
-            f"valid: {', '.join(linear_names)}"
-        )
-    config = LoraConfig(
-        r=int(finetune_cfg.rank),
-        lora_alpha=float(finetune_cfg.alpha),
-        lora_dropout=float(finetune_cfg.get("dropout", 0.0)),
-        target_modules=targets,
-        bias="none",
-    )
-    inject_adapter_in_model(config, model)
-    # peft freezes everything but the adapters; the new classification head must train too.
-    for p in network.head_parameters():
-        p.requires_grad_(True)
-    trainable, total = count_parameters(network)
-    log.info(
-        "lora: %s trainable of %s parameters (adapters + head)", f"{trainable:,}", f"{total:,}"
-    )
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -411,7 +411,7 @@ def lora_cfg(**values):
 
 
 def test_lora_trains_only_adapters_and_head(tiny_bert, tmp_path) -> None:
-    from src.pipeline import module_from_checkpoint
+    from src.saved_run import module_from_checkpoint
 
     cfg = lora_cfg()
     network = prepare_network(bert(tiny_bert), cfg)
@@ -487,9 +487,9 @@ def test_lora_param_groups_hold_only_trainable(tiny_bert, tmp_path) -> None:
         ),
         ({"strategy": "full", "lr_decay": -0.8}, "image", "finetune.lr_decay=-0.8 is invalid"),
         (
-            {"strategy": "lora", "rank": 8, "alpha": 16, "target_modules": ["query"]},
+            {"strategy": "lora", "rank": 8, "alpha": 16, "target_modules": "query"},
             "image",
-            "finetune=lora needs a transformer",
+            "finetune.target_modules='query' must be auto or a non-empty list",
         ),
         (
             {"strategy": "partial", "trainable_groups": -1},
@@ -522,6 +522,101 @@ def test_trainable_groups_beyond_the_model_names_the_range() -> None:
     ):
         prepare_network(cnn("resnet18"), finetune_cfg("partial", trainable_groups=6))
     prepare_network(cnn("resnet18"), finetune_cfg("partial", trainable_groups=5))
+
+
+def test_lora_auto_targets_follow_the_architecture(tiny_bert) -> None:
+    """target_modules=auto: BERT's query/value, a CNN's ungrouped convolutions (MobileNet's
+    depthwise ones left out), ViT's attention modules; never the head."""
+    from src.lora import resolve_targets
+    from tests.test_groups import tiny_vit
+
+    assert [t.rsplit(".", 1)[-1] for t in resolve_targets(bert(tiny_bert), "auto")] == [
+        "query",
+        "value",
+    ] * 2
+    resnet = resolve_targets(cnn("resnet18"), "auto")
+    assert len(resnet) == 20 and "conv1" in resnet and "layer4.1.conv2" in resnet  # + downsample
+    assert "fc" not in resnet
+    mobilenet = cnn("mobilenet_v2")
+    targets = resolve_targets(mobilenet, "auto")
+    modules = dict(mobilenet.model.named_modules())
+    assert targets and all(modules[t].groups == 1 for t in targets)
+    assert any(m.groups > 1 for m in modules.values() if isinstance(m, torch.nn.Conv2d))
+    assert resolve_targets(tiny_vit(), "auto") == [
+        "encoder.layers.encoder_layer_0.self_attention",
+        "encoder.layers.encoder_layer_1.self_attention",
+    ]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_lora_on_a_cnn_trains_adapters_and_head_and_reloads(arch, tmp_path) -> None:
+    from src.saved_run import module_from_checkpoint
+
+    cfg = lora_cfg(target_modules="auto")
+    network = prepare_network(cnn(arch), cfg)
+    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
+    head = {n for n, _ in network.named_parameters() if n.startswith("model.fc.")} | {
+        n for n, _ in network.named_parameters() if n.startswith("model.classifier.")
+    }
+    assert trainable == {n for n, _ in network.named_parameters() if "lora_" in n} | head
+    assert any("lora_" in n for n in trainable) and head
+    before = {n: p.detach().clone() for n, p in network.named_parameters()}
+    module = classifier(network)
+    fit(module, ImageData(), finetune_callbacks(cfg), tmp_path, epochs=1)
+    changed = {n for n, p in network.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed and changed <= trainable
+    assert any("lora_B" in n for n in changed)  # B starts at zero: it moved, the adapter works
+    run_cfg = OmegaConf.create(
+        {
+            "model": {"name": arch, "family": "torchvision", "arch": arch, "weights": None},
+            "finetune": OmegaConf.to_container(cfg),
+        }
+    )
+    ckpt = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": {"config": OmegaConf.to_container(run_cfg)},
+    }
+    rebuilt = module_from_checkpoint(ckpt, run_cfg, LABELS).eval()
+    batch = {"pixel_values": ImageData()[0]["pixel_values"].unsqueeze(0)}
+    with torch.no_grad():
+        assert torch.allclose(module.eval()(batch), rebuilt(batch), atol=1e-6)
+
+
+def test_lora_on_vit_adapts_attention_and_changes_its_output(tmp_path) -> None:
+    """peft wraps each nn.MultiheadAttention (in- and out-projection); a change to the adapters
+    changes the logits (an adapter torch's attention skipped would not)."""
+    from tests.test_groups import tiny_vit
+
+    network = prepare_network(tiny_vit(), lora_cfg(target_modules="auto"))
+    lora = [p for n, p in network.named_parameters() if "lora_B" in n]
+    assert lora and all(p.requires_grad for p in lora)
+    x = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))}
+    network.eval()
+    with torch.no_grad():
+        before = network(x)
+        for p in lora:
+            p.add_(0.5)
+        assert not torch.allclose(before, network(x))
+
+
+@pytest.mark.parametrize(
+    "build, target, message",
+    [
+        ("vit", "out_proj", "out_proj of an nn.MultiheadAttention"),
+        ("mobilenet_v2", "features.1.conv.0.0", "a grouped convolution (groups=32)"),
+        ("resnet18", "fc", "in the head"),
+        ("resnet18", "bn1", "a BatchNorm2d, which LoRA does not adapt"),
+        ("resnet18", "qkv", "not a layer of this model"),
+    ],
+)
+def test_lora_targets_that_cannot_work_are_one_line_errors(build, target, message) -> None:
+    from tests.test_groups import tiny_vit
+
+    network = tiny_vit() if build == "vit" else cnn(build)
+    with pytest.raises(ConfigError) as err:
+        prepare_network(network, lora_cfg(target_modules=[target]))
+    text = str(err.value)
+    assert message in text and "valid: " in text and "\n" not in text, text
 
 
 def test_lora_unknown_target_module_lists_linear_layers(tiny_bert) -> None:

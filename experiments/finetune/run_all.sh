@@ -4,7 +4,7 @@
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 for exp in sst2_1k_feature_extraction sst2_1k_full sst2_1k_gradual sst2_1k_lora \
-           hymenoptera_feature_extraction hymenoptera_partial hymenoptera_full; do
+           hymenoptera_feature_extraction hymenoptera_partial hymenoptera_full hymenoptera_lora; do
   echo "== $exp"
   "$PY" -m src.train experiment="$exp" callbacks.progress_bar=null "$@"
 done
