@@ -4,9 +4,11 @@ the k-th epoch; a trial is never cut at its last epoch)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -121,6 +123,68 @@ def test_a_trial_pruned_at_its_last_epoch_completes(
     assert one.state == TrialState.COMPLETE and sorted(one.intermediate_values) == [1]
     assert two.state == TrialState.PRUNED and sorted(two.intermediate_values) == [1]
     assert (Path(two.user_attrs["run_dir"]) / "metrics.json").is_file()
+
+
+def test_mid_epoch_validations_are_steps_and_the_report_counts_epochs_saved(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """With val_check_interval=0.5 a step is half an epoch: a trial set to 2 epochs and cut at its
+    first validation trained 7 of 15 batches. optimization_results.yaml counts that (not one epoch
+    per report), what pruning saved, and the validations; trials.csv has each trial's epochs."""
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01, "n_warmup_steps": 1}
+    search_config(tmp_path, "half", n_trials=1, pruner=pruner)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("half", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=2"
+    proc = run_sweep([*cmd, "trainer.val_check_interval=0.5"])
+    (trial,) = load(sweep_dir, "half").get_trials()
+    assert trial.state == TrialState.PRUNED and sorted(trial.intermediate_values) == [1]
+    assert trial.user_attrs["epochs_trained"] == round(7 / 15, 3)
+    assert trial.user_attrs["epochs_planned"] == 2
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["trial_epochs_total"] == round(7 / 15, 2)
+    assert results["trial_epochs_saved"] == round(2 - 7 / 15, 2)
+    assert results["trial_validations_total"] == 1
+    rows = list(csv.DictReader((sweep_dir / "trials.csv").open()))
+    assert float(rows[0]["epochs_trained"]) == round(7 / 15, 3)
+    assert "saved by pruning" in proc.stdout + proc.stderr
+
+
+def test_epoch_counts_fall_back_to_one_epoch_per_report() -> None:
+    """Trials without the reporter's attributes (CV trials report folds; older studies) count one
+    epoch per report and save nothing; a pruned trial saves its planned minus trained epochs."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from src.sweep.report import epoch_counts
+
+    dist = {"x": FloatDistribution(0, 1)}
+    old = create_trial(
+        state=TrialState.PRUNED,
+        params={"x": 0.1},
+        distributions=dist,
+        intermediate_values={1: 0.5, 2: 0.6},
+    )
+    cut = create_trial(
+        state=TrialState.PRUNED,
+        params={"x": 0.2},
+        distributions=dist,
+        intermediate_values={1: 0.5},
+        user_attrs={"epochs_trained": 0.5, "epochs_planned": 3},
+    )
+    full = create_trial(
+        state=TrialState.COMPLETE,
+        value=0.9,
+        params={"x": 0.3},
+        distributions=dist,
+        intermediate_values={1: 0.7, 2: 0.8, 3: 0.85, 4: 0.9},
+        user_attrs={"epochs_trained": 2.0, "epochs_planned": 2},
+    )
+    assert epoch_counts([old, cut, full]) == {
+        "trial_epochs_total": 4.5,
+        "trial_epochs_saved": 2.5,
+        "trial_validations_total": 7,
+    }
 
 
 def test_shipped_searches_fit_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:

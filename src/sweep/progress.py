@@ -13,6 +13,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from src.sweep.report import epoch_counts
 from src.sweep.study import budget
 
 
@@ -20,7 +21,7 @@ def status_line(
     study: optuna.Study, n_trials: int, n_workers: int, monitor: str, started: float
 ) -> str:
     """`sweep 'sentiment': 7/16 finished (4 complete, 2 pruned, 1 failed), 1 running; best
-    val/acc 0.8725 (trial 5); 6m12s elapsed, ~8m left`."""
+    val/acc 0.8725 (trial 5); 9 trial-epochs trained, 4.5 saved by pruning; 6m12s elapsed, ~8m left`."""
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("seeded_from")]
     b = budget(study)
     count = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
@@ -34,6 +35,12 @@ def status_line(
     if done:
         best = study.best_trial
         line += f"; best {monitor} {best.value:.4f} (trial {best.number})"
+    epochs = epoch_counts(trials)
+    if epochs["trial_epochs_saved"]:
+        line += (
+            f"; {epochs['trial_epochs_total']:g} trial-epochs trained,"
+            f" {epochs['trial_epochs_saved']:g} saved by pruning"
+        )
     elapsed = time.time() - started
     line += f"; {_duration(elapsed)} elapsed"
     left = time_left(trials, n_trials - b.finished, b.running, n_workers)

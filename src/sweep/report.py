@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from src.atomic import atomic_path, write_text_atomic
 from src.sweep.best import OVERLAY_NAME, overlay_command, train_command, write_overlay
 from src.sweep.study import retry_of
+from src.sweep.trial_env import EPOCHS_PLANNED_ATTR, EPOCHS_TRAINED_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "trial_start": t.user_attrs.get("trial_start"),
                 "startup_s": t.user_attrs.get("startup_s"),
                 "reported_steps": len(t.intermediate_values),
+                "epochs_trained": epochs_of(t)[0],
                 "last_step": t.last_step,
                 "retry_of": (retry_of(t) or [None])[0],
                 "retried_as": replaced.get(t.number),
@@ -89,13 +91,41 @@ def summary(study: optuna.Study, storage_label: str, n_trials: int | None = None
         "counts": counts,
         # Finished trials copied from an earlier study (hydra.sweeper.seed_from), in counts too.
         "seeded_trials": len(seeded),
-        # Epochs actually trained (one report per validation), what pruning saves.
-        "trial_epochs_total": sum(len(t.intermediate_values) for t in own),
+        # Epochs actually trained, and what pruning saved: the epochs pruned trials were set to
+        # train but did not (see epochs_of).
+        **epoch_counts(own),
         "trial_time_total_s": round(sum(durations), 1),
         # Median seconds from a trial's launch to its first training step (warm vs cold start).
         "startup_s_median": _median([t.user_attrs.get("startup_s") for t in own]),
         # hydra.sweeper.refit=true: the best configuration trained on all the data, and tested.
         "refit": study.user_attrs.get("refit"),
+    }
+
+
+def epochs_of(trial: FrozenTrial) -> tuple[float, float | None]:
+    """(epochs trained, epochs it was set to train) of one trial. The trial reporter records both
+    (EPOCHS_TRAINED_ATTR, EPOCHS_PLANNED_ATTR); a trial without them (cross-validation trials
+    report folds, older studies) counts one epoch per report and plans none."""
+    trained = trial.user_attrs.get(EPOCHS_TRAINED_ATTR)
+    if trained is None:
+        trained = len(trial.intermediate_values)
+    planned = trial.user_attrs.get(EPOCHS_PLANNED_ATTR)
+    return float(trained), (float(planned) if planned is not None else None)
+
+
+def epoch_counts(trials: list[FrozenTrial]) -> dict[str, float]:
+    """trial_epochs_total (trained), trial_epochs_saved (pruned trials' planned minus trained) and
+    trial_validations_total (reports: pruning steps) over `trials`."""
+    trained = saved = 0.0
+    for t in trials:
+        done, planned = epochs_of(t)
+        trained += done
+        if t.state == TrialState.PRUNED and planned is not None:
+            saved += max(0.0, planned - done)
+    return {
+        "trial_epochs_total": round(trained, 2),
+        "trial_epochs_saved": round(saved, 2),
+        "trial_validations_total": sum(len(t.intermediate_values) for t in trials),
     }
 
 

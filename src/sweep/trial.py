@@ -35,6 +35,8 @@ from src.sweep.trial_env import (  # noqa: F401  (ENV_* are this module's API to
     ENV_STUDY,
     ENV_TRIAL_ID,
     ENV_TRIAL_NUMBER,
+    EPOCHS_PLANNED_ATTR,
+    EPOCHS_TRAINED_ATTR,
     PRUNED_MARKER,
     TIMING_FILE,
 )
@@ -176,6 +178,12 @@ class TrialReporter(Callback):
             if value is not None and math.isfinite(float(value)):
                 trial = self._optuna_trial()
                 trial.report(float(value), self.step)
+                # Steps count validations (several per epoch with val_check_interval < 1): the
+                # epochs behind each report, and the epochs the trial was set to train, are what
+                # the sweep's report adds up (trained, and saved by pruning).
+                trial.set_user_attr(EPOCHS_TRAINED_ATTR, epochs_trained(trainer))
+                if self.step == 1 and trainer.max_epochs and trainer.max_epochs > 0:
+                    trial.set_user_attr(EPOCHS_PLANNED_ATTR, int(trainer.max_epochs))
                 log.info("reported %s=%.4f as step %d", self.monitor, float(value), self.step)
                 prune = trial.should_prune() and not is_last_validation(trainer)
         # Every rank must take the same decision, or the others would wait forever in a collective.
@@ -183,6 +191,11 @@ class TrialReporter(Callback):
         if prune:
             self.pruned_at = self.step
             trainer.should_stop = True
+            # The pruner's word is final: stop now, even inside an epoch before the trainer's
+            # min_epochs / min_steps (conf/trainer sets min_epochs: 1 for early stopping), or a
+            # mid-epoch cut (val_check_interval < 1) would train on to the epoch's end.
+            trainer.fit_loop.min_epochs = 0
+            trainer.fit_loop.epoch_loop.min_steps = 0
             if trainer.is_global_zero:
                 log.info(
                     "trial pruned after validation %d (%s=%s)",
@@ -193,6 +206,16 @@ class TrialReporter(Callback):
                 (self.run_dir / PRUNED_MARKER).write_text(
                     json.dumps({"step": self.step, "epoch": trainer.current_epoch}) + "\n"
                 )
+
+
+def epochs_trained(trainer: L.Trainer) -> float:
+    """Epochs of training behind this validation: whole epochs plus the share of this one's
+    batches (0.5 after a mid-epoch validation with val_check_interval=0.5)."""
+    batches = trainer.num_training_batches
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    if not batches or not math.isfinite(float(batches)):
+        return float(trainer.current_epoch + 1)
+    return round(trainer.current_epoch + min(done, batches) / batches, 3)
 
 
 def is_last_validation(trainer: L.Trainer) -> bool:

@@ -16,4 +16,8 @@ ENV_TRIAL_NUMBER = "FTLAB_SWEEP_TRIAL_NUMBER"
 ENV_PRUNER = "FTLAB_SWEEP_PRUNER"  # JSON: the pruner's config ({"_target_": ..., ...} or null)
 ENV_PARENT_PID = "FTLAB_SWEEP_PARENT_PID"
 PRUNED_MARKER = "pruned.json"
+# Trial user attributes the trial reporter sets: epochs trained by its latest report (fractional
+# with mid-epoch validations) and the epochs it was set to train (its trainer.max_epochs).
+EPOCHS_TRAINED_ATTR = "epochs_trained"
+EPOCHS_PLANNED_ATTR = "epochs_planned"
 TIMING_FILE = "trial_timing.json"  # {"first_step_at": unix time}: the sweeper's start-up measure
