@@ -83,7 +83,11 @@ def test_missing_weights_file_is_named(tmp_path) -> None:
 
 
 def test_hub_name_offline_says_what_to_do(monkeypatch) -> None:
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read once at import: without this the hub is tried (and retried) anyway
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cfg = OmegaConf.create({"family": "hf", "pretrained": "no-such-org/no-such-model-xyz"})
     with pytest.raises(ModelUnavailableError) as e:
         build_processor(cfg)
