@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,33 @@ def test_multiclass_run_then_eval_and_predict(tables: Path, tmp_path: Path) -> N
     assert read_metrics(tmp_path / "eval")["test/acc"] == pytest.approx(metrics["test/acc"])
     rows = predict_folder(ckpt, tables / "images" / "colors", tmp_path)
     assert len(rows) == N and set(rows[0]) == {"input", "predicted", "prob_blue", "prob_red"}
+    # src.eval on another labelled table under another root (the training table not needed):
+    # read as the run read its own, with the error analysis of its misclassified images
+    other = tmp_path / "other"
+    shutil.copytree(tables / "images" / "colors", other / "photos")
+    (other / "new.csv").write_text(
+        "image,label\n"
+        + "".join(f"photos/{i}.png,{'red' if i % 2 else 'blue'}\n" for i in range(12))
+    )
+    proc = run_cli(
+        "src.eval",
+        f"ckpt_path={ckpt}",
+        f"data.test_file={other / 'new.csv'}",
+        f"data.root={other}",
+        f"hydra.run.dir={tmp_path / 'eval_new'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_class = {
+        r["class"]: r for r in csv.DictReader((tmp_path / "eval_new" / "per_class.csv").open())
+    }
+    assert int(per_class["red"]["support"]) == int(per_class["blue"]["support"]) == 6
+    acc = read_metrics(tmp_path / "eval_new")["test/acc"]
+    errors = list(csv.DictReader((tmp_path / "eval_new" / "errors.csv").open()))
+    assert len(errors) == round((1 - acc) * 12)
+    for r in errors:  # each misclassified image named under the new root, with its true label
+        path = Path(r["image"])
+        assert path.parent == other / "photos" and r["true"] != r["predicted"]
+        assert r["true"] == ("red" if int(path.stem) % 2 else "blue")
 
 
 def test_multilabel_run_on_cached_features_and_predicted_label_sets(
