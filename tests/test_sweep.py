@@ -348,7 +348,12 @@ def test_two_sweep_commands_share_one_study_and_survive_a_nan_trial(
     params = {"optimizer.lr": "choice(0.003, 1.0e30)"}
     search_config(tmp_path, "shared", n_trials=2, sampler=sampler, params=params)
     sweep_dir = tmp_path / "sweep"
-    cmd = sweep_cmd("shared", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    # No worker dies here: a long grace period, so heartbeats delayed by two commands' warm-start
+    # imports on 2 loaded cores are not taken for a lost worker (CI: a 3 s grace retried a trial).
+    cmd = [
+        *sweep_cmd("shared", tmp_path, sweep_dir, tiny_bert, tiny_text_data),
+        "hydra.sweeper.grace_period=60",
+    ]
     procs = [
         subprocess.Popen(
             cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
