@@ -156,10 +156,14 @@ def build_eval_trainer(trainer: DictConfig, output_dir: str) -> L.Trainer:
     )
 
 
+def own_last_checkpoint(cfg: DictConfig) -> Path:
+    """This run dir's checkpoints/last.ckpt (it may not exist yet)."""
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
 def resumes_own_checkpoint(cfg: DictConfig) -> bool:
     """Whether this run will continue its own run dir's last.ckpt (resume=true and it exists)."""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    return bool(cfg.get("resume")) and last.is_file()
+    return bool(cfg.get("resume")) and own_last_checkpoint(cfg).is_file()
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -167,7 +171,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     and fails when there is none; `resume=true` takes it when it exists and starts fresh when not
     (the same command both starts and resumes a preemptible job)."""
     path = cfg.get("ckpt_path")
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = own_last_checkpoint(cfg)
     if cfg.get("resume"):
         if path not in (None, "", "last"):
             raise ConfigError(
