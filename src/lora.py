@@ -63,7 +63,7 @@ def check_lora_config(cfg: DictConfig) -> None:
 def adaptable_modules(network: Any) -> dict[str, nn.Module]:
     """Full name (under `network.model`) -> module, for every layer LoRA can adapt outside the
     head, in model order (see the module docstring for what is left out)."""
-    head = {id(m) for h in network.head_modules() for m in h.modules()}
+    head = head_module_ids(network)
     skipped = {
         id(m.out_proj) for m in network.model.modules() if isinstance(m, nn.MultiheadAttention)
     }
@@ -76,6 +76,11 @@ def adaptable_modules(network: Any) -> dict[str, nn.Module]:
         and id(m) not in skipped
         and getattr(m, "groups", 1) == 1
     }
+
+
+def head_module_ids(network: Any) -> set[int]:
+    """The head's modules (and their submodules): they train whole, never through adapters."""
+    return {id(m) for h in network.head_modules() for m in h.modules()}
 
 
 def resolve_targets(network: Any, targets: Any) -> list[str]:
@@ -130,7 +135,7 @@ def _not_adaptable(network: Any, target: str, modules: dict[str, nn.Module]) -> 
             )
         elif getattr(m, "groups", 1) != 1:
             why = f"a grouped convolution (groups={m.groups}), which LoRA here does not adapt"
-        elif any(m is h or any(m is s for s in h.modules()) for h in network.head_modules()):
+        elif id(m) in head_module_ids(network):
             why = "in the head, which trains whole"
         else:
             why = f"a {type(m).__name__}, which LoRA does not adapt"
