@@ -148,6 +148,7 @@ class TrialReporter(Callback):
         self.pruned_at: int | None = None
         self._trial = None
         self._timed = False
+        self._planned_recorded = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step}
@@ -182,8 +183,10 @@ class TrialReporter(Callback):
                 # epochs behind each report, and the epochs the trial was set to train, are what
                 # the sweep's report adds up (trained, and saved by pruning).
                 trial.set_user_attr(EPOCHS_TRAINED_ATTR, epochs_trained(trainer))
-                if self.step == 1 and trainer.max_epochs and trainer.max_epochs > 0:
+                # once per trial process: a retried trial resumes past step 1 as a new trial
+                if not self._planned_recorded and trainer.max_epochs and trainer.max_epochs > 0:
                     trial.set_user_attr(EPOCHS_PLANNED_ATTR, int(trainer.max_epochs))
+                    self._planned_recorded = True
                 log.info("reported %s=%.4f as step %d", self.monitor, float(value), self.step)
                 prune = trial.should_prune() and not is_last_validation(trainer)
         # Every rank must take the same decision, or the others would wait forever in a collective.
