@@ -1,6 +1,8 @@
 """Print the results table of the fine-tuning experiments from their run dirs.
 
-    python experiments/finetune/collect.py [logs]
+    python experiments/finetune/collect.py [logs]           one run per experiment (seed 42)
+    python experiments/finetune/collect.py --seeds [logs]   mean ± std over the seeds that
+                                                              run_seeds.sh ran
 
 For each `logs/ft_<experiment>/runs/<latest>`: best val accuracy, test accuracy (of the best
 checkpoint), trainable parameters (first -> last epoch, from the `params/trainable` scalar) and
@@ -26,6 +28,21 @@ EXPERIMENTS = [
     "hymenoptera_feature_extraction",
     "hymenoptera_partial",
     "hymenoptera_full",
+    "hymenoptera_lora",
+]
+
+# run_seeds.sh's order: the table of seeds has a phases row for each data set.
+SEEDED_EXPERIMENTS = [
+    "sst2_1k_feature_extraction",
+    "sst2_1k_full",
+    "sst2_1k_gradual",
+    "sst2_1k_lora",
+    "sst2_1k_phases",
+    "hymenoptera_feature_extraction",
+    "hymenoptera_partial",
+    "hymenoptera_full",
+    "hymenoptera_lora",
+    "hymenoptera_phases",
 ]
 
 
@@ -71,5 +88,47 @@ def main(logs: Path) -> None:
             print(f"| {name} | not run | | | | |")
 
 
+def mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def seeded_row(name: str, logs: Path) -> str:
+    """One row over every `logs/ft_<name>_seed<N>` run: mean ± std (sample std) of val and test
+    accuracy, the per-seed test accuracies, best epochs and the median wall time of a run."""
+    runs = {}
+    for dir_ in sorted(logs.glob(f"ft_{name}_seed*")):
+        found = sorted((dir_ / "runs").glob("*/metrics.json"))
+        if found:
+            runs[dir_.name.rsplit("_seed", 1)[1]] = json.loads(found[-1].read_text())
+    if not runs:
+        return f"| {name} | not run | | | | | |"
+    seeds = sorted(runs, key=int)
+    val = [runs[s]["val/acc"] for s in seeds]
+    test = [runs[s]["test/acc"] for s in seeds]
+    per_seed = ", ".join(f"{t:.3f}" for t in test)
+    best = ", ".join(str(runs[s]["best_epoch"]) for s in seeds)
+    wall = statistics.median(runs[s]["wall_time_s"] for s in seeds)
+    return (
+        f"| {name} | {len(seeds)} | {mean_std(val)} | **{mean_std(test)}** | {per_seed} "
+        f"| {best} | {wall:.0f} |"
+    )
+
+
+def main_seeds(logs: Path) -> None:
+    print(
+        "| experiment | seeds | val acc (best epoch) | test acc | test acc per seed "
+        "| best epoch per seed | s / run (median) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in SEEDED_EXPERIMENTS:
+        print(seeded_row(name, logs))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "logs"))
+    args = sys.argv[1:]
+    if args[:1] == ["--seeds"]:
+        main_seeds(Path(args[1] if len(args) > 1 else "logs"))
+    else:
+        main(Path(args[0] if args else "logs"))
