@@ -74,6 +74,17 @@ def test_sst2_style_tsv_reads_bare_quotes(tokenizer, tmp_path) -> None:
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == 4
 
 
+def test_csv_quoted_line_breaks_and_commas_stay_one_example(tokenizer, tmp_path) -> None:
+    csv = tmp_path / "train.csv"
+    csv.write_text(
+        'sentence,label\n"a good\nfilm, really",1\n"bad,\r\nbad",0\nfine,1\n"dull ""and"" slow",0\n'
+    )
+    dm = text_dm(tokenizer, tmp_path, train_file=str(csv), text_column="sentence", val_fraction=0.5)
+    dm.setup()
+    labels = list(dm.splits["train"]["labels"]) + list(dm.splits["val"]["labels"])
+    assert sorted(labels) == [0, 0, 1, 1]  # 4 examples: no row split at a quoted line break
+
+
 def test_missing_column_lists_columns(tokenizer, tiny_text_data, tmp_path) -> None:
     dm = text_dm(
         tokenizer, tmp_path, train_file=str(tiny_text_data / "train.csv"), text_column="review"
