@@ -136,6 +136,10 @@ def check_train_config(cfg: DictConfig) -> None:
         from src.data.preflight import parse_quoting
 
         parse_quoting(cfg.data.quoting)
+    if cfg.data.get("group_by_length") not in (True, False, None):
+        from src.data.length_grouping import length_grouping  # only for a string: imports torch
+
+        length_grouping(cfg.data.group_by_length)
     if cfg.data.get("limit_train") is not None:
         _positive(cfg.data.limit_train, "data.limit_train", int, 2)
     if cfg.data.get("max_length") is not None:

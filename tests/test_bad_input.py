@@ -301,6 +301,11 @@ CASES: dict[str, Case] = {
     "unknown_delimiter": Case(
         "src.train", text("data.delimiter=colons"), "data.delimiter='colons'"
     ),
+    "unknown_length_grouping": Case(
+        "src.train",
+        text("data.group_by_length=sort"),
+        "data.group_by_length='sort' is not one of: true (= megabatch), megabatch, sorted, false",
+    ),
     # --- a table of images (task=image_csv)
     "image_table_missing_image": Case(
         "src.train",
@@ -361,7 +366,8 @@ EARLY = {
     "max_epochs_minus_one", "max_length_above_the_model", "missing_train_file",
     "one_class_in_train", "missing_label", "misspelled_label_column", "gpu_on_a_cpu_machine",
     "semicolon_file_named_csv", "tsv_named_csv", "directory_as_data_file", "unknown_data_key",
-    "impossible_test_fraction", "unknown_delimiter", "predict_out_is_input",
+    "impossible_test_fraction", "unknown_delimiter", "unknown_length_grouping",
+    "predict_out_is_input",
     "predict_mistyped_input_suffix", "predict_missing_input_folder", "predict_text_and_input",
     "predict_nothing_to_predict", "predict_empty_text", "predict_input_bad_suffix",
     "predict_missing_checkpoint", "predict_list_with_a_path", "image_table_missing_image",

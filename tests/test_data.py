@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -38,6 +40,32 @@ def test_text_splits_labels_and_dynamic_padding(tokenizer, tiny_text_data, tmp_p
     assert set(batch) >= {"input_ids", "attention_mask", "labels"}
     longest = max(dm.splits["train"]["length"])
     assert batch["input_ids"].shape[1] <= longest  # padded per batch, not to max_length
+
+
+def test_sorted_length_grouping_pads_less_than_megabatches(tokenizer, tmp_path) -> None:
+    rng = random.Random(0)
+    csv = tmp_path / "train.csv"
+    rows = [f"{' '.join(['good'] * rng.randint(1, 40))},{i % 2}" for i in range(200)]
+    csv.write_text("text,label\n" + "\n".join(rows) + "\n")
+
+    def padded(group_by_length) -> tuple[int, int]:
+        dm = text_dm(
+            tokenizer,
+            tmp_path,
+            train_file=str(csv),
+            group_by_length=group_by_length,
+            batch_size=4,
+        )
+        dm.setup("fit")
+        batches = list(dm.train_dataloader())
+        assert sum(len(b["labels"]) for b in batches) == len(dm.splits["train"])
+        return sum(b["input_ids"].numel() for b in batches), sum(
+            int(b["attention_mask"].sum()) for b in batches
+        )
+
+    sorted_, real = padded("sorted")
+    megabatch, _ = padded(True)
+    assert real <= sorted_ < megabatch
 
 
 def test_tokenization_is_cached_on_disk(tokenizer, tiny_text_data, tmp_path, monkeypatch) -> None:

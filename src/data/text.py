@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from src.data.length_grouping import NoisySortedBatchSampler, length_grouping
 from src.data.preflight import check_data_file, delimiter_hint, read_headerless, reader_options
 from src.data.report import MAX_LISTED, build_report, length_summary, warn_about
 from src.data.resumable import resumable_train_loader
@@ -149,7 +150,7 @@ class TextDataModule(L.LightningDataModule):
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int = 128,
-        group_by_length: bool = True,
+        group_by_length: bool | str = True,
         num_workers: int = 0,
         cache_dir: str = ".cache/tokenized",
         seed: int = 42,
@@ -182,7 +183,7 @@ class TextDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.group_by_length = group_by_length
+        self.group_by_length = length_grouping(group_by_length)
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.seed = seed
@@ -536,13 +537,17 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self.splits["train"]
         make_sampler = None
-        if self.group_by_length:
+        if self.group_by_length == "megabatch":
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             # Random megabatches of 50 batches, sorted by length inside: little padding, and
             # the order still changes every epoch (seeded).
             make_sampler = functools.partial(
                 LengthGroupedSampler, self.batch_size, lengths=column_values(ds, "length")
+            )
+        elif self.group_by_length == "sorted":
+            make_sampler = functools.partial(
+                NoisySortedBatchSampler, self.batch_size, column_values(ds, "length")
             )
 
         # Epoch-seeded and resumable: a run killed mid-epoch resumes on the same batches.
