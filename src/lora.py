@@ -117,7 +117,16 @@ def auto_targets(network: Any, modules: dict[str, nn.Module]) -> list[str]:
 
 
 def leaf_names(modules: dict[str, nn.Module]) -> list[str]:
-    return sorted({n.rsplit(".", 1)[-1] for n in modules})
+    """How to name these layers to a user: by their last name part (query, value, out_proj), or
+    by full name where last parts are indices (torchvision's Sequential stages: features.1.conv.0.0)."""
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in modules})
+    return list(modules) if any(leaf.isdigit() for leaf in leaves) else leaves
+
+
+def listed(names: list[str], most: int = 12) -> str:
+    """`names` joined, the first `most` of them and how many more."""
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
 
 
 def _not_adaptable(network: Any, target: str, modules: dict[str, nn.Module]) -> str:
@@ -163,7 +172,7 @@ def inject_lora(network: Any, finetune_cfg: DictConfig) -> None:
     log.info(
         "lora: adapters on %d layers (%s); %s trainable of %s parameters (adapters + head)",
         len(targets),
-        ", ".join(leaf_names({t: None for t in targets})),  # type: ignore[misc]
+        listed(leaf_names(dict.fromkeys(targets))),
         f"{trainable:,}",
         f"{sum(p.numel() for p in params):,}",
     )

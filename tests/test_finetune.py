@@ -619,6 +619,21 @@ def test_lora_targets_that_cannot_work_are_one_line_errors(build, target, messag
     assert message in text and "valid: " in text and "\n" not in text, text
 
 
+def test_lora_names_cnn_layers_by_full_name_not_index(caplog) -> None:
+    """torchvision's Sequential stages end their names in indices: 'valid: 0, 1, 2' and an
+    'adapters on 0, 1' log would name nothing; the full names do, and they are valid targets."""
+    import logging
+
+    with pytest.raises(ConfigError) as err:
+        prepare_network(cnn("mobilenet_v2"), lora_cfg(target_modules=["qkv"]))
+    valid = str(err.value).split("valid: ")[1].split(", ")
+    assert "features.0.0" in valid and "0" not in valid
+    with caplog.at_level(logging.INFO, logger="src.lora"):
+        prepare_network(cnn("mobilenet_v2"), lora_cfg(target_modules="auto"))
+    line = next(r.getMessage() for r in caplog.records if "adapters on" in r.getMessage())
+    assert "(features.0.0, features.1.conv.1, " in line and " more);" in line, line
+
+
 def test_lora_unknown_target_module_lists_linear_layers(tiny_bert) -> None:
     with pytest.raises(ConfigError, match=r"\['qkv'\].*valid: .*query.*value"):
         prepare_network(bert(tiny_bert), lora_cfg(target_modules=["qkv"]))
