@@ -220,7 +220,8 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
     from src.checkpoints import check_resume_checkpoint
     from src.data.report import publish_data_report
     from src.features import maybe_cache_features
-    from src.finetune import check_finetune_config, finetune_callbacks, phase_results
+    from src.finetune import check_finetune_config, finetune_callbacks
+    from src.finetune_schedules import phase_results
     from src.results import print_summary, write_metrics
     from src.sweep.trial import sweep_callbacks
     from src.tensorboard_output import log_final_results

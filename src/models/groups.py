@@ -17,8 +17,9 @@ train/eval mode, BatchNorm), plus one holder for bare parameters of modules the 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
+from typing import Any
 
 from torch import nn
 
@@ -147,3 +148,38 @@ def select_groups(requested: Sequence[str], group_names: Sequence[str], key: str
             )
         chosen.update(hits)
     return [g for g in group_names if g in chosen]
+
+
+def selected_groups(
+    finetune_cfg: Mapping[str, Any] | None, group_names: list[str]
+) -> tuple[list[str] | None, list[str]]:
+    """(finetune.trainable, finetune.frozen) as this model's group names (globs expanded):
+    None when trainable is not given. A name the model lacks, or a group in both, is an error."""
+    cfg = finetune_cfg or {}
+    given = cfg.get("trainable")
+    trainable = None if given is None else select_groups(given, group_names, "finetune.trainable")
+    frozen = select_groups(cfg.get("frozen") or [], group_names, "finetune.frozen")
+    both = [g for g in frozen if trainable is not None and g in trainable]
+    if both:
+        raise ConfigError(
+            f"finetune.trainable and finetune.frozen both name {', '.join(both)}; "
+            "name each group in one of them"
+        )
+    return trainable, frozen
+
+
+def phase_groups(
+    phase: Mapping[str, Any], index: int, group_names: list[str], frozen: Sequence[str]
+) -> list[str]:
+    """The layer groups phase `index` trains (the head always does), in the model's order."""
+    given = phase.get("trainable")
+    if given is None:
+        return [g for g in group_names if g not in frozen]
+    key = f"finetune.phases[{index}].trainable"
+    chosen = select_groups(given, group_names, key)
+    both = [g for g in chosen if g in frozen]
+    if both:
+        raise ConfigError(
+            f"{key} and finetune.frozen both name {', '.join(both)}; a frozen group never trains"
+        )
+    return chosen

@@ -32,6 +32,7 @@ MODULES = (
     "src.tensorboard_output",
     "src.pipeline",
     "src.finetune",
+    "src.finetune_schedules",
     "src.features",
     "src.tuning",
     "src.data.text",
