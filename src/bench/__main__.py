@@ -195,13 +195,13 @@ def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
         "data.batch_size=32",
         "trainer.max_epochs=1",
     ]
-    contestants = {"ftlab": [], "ftlab_megabatch": [], "hf_best": [], "hf_run_glue": []}
+    contestants = {"ftlab": [], "ftlab_sorted": [], "hf_best": [], "hf_run_glue": []}
     accuracy: dict[str, list[float]] = {k: [] for k in contestants}
     n_train = None
     for rep in range(reps):
         # a seed per repetition, the same for every contestant: the accuracies are 3 seeds'
         seeded = [*overrides, f"seed={42 + rep}"]
-        for key, grouping in (("ftlab", "sorted"), ("ftlab_megabatch", "megabatch")):
+        for key, grouping in (("ftlab", "megabatch"), ("ftlab_sorted", "sorted")):
             log(f"hf rep {rep + 1}/{reps}: {key}")
             steplog, metrics = ftlab_run(
                 [*seeded, f"data.group_by_length={grouping}"], work, f"hf_{key}"
@@ -233,7 +233,7 @@ def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
     ratios = {
         f"ratio_epoch_{key}_over_{base}": statistics.median(contestants[key])
         / statistics.median(contestants[base])
-        for key in ("ftlab", "ftlab_megabatch")
+        for key in ("ftlab", "ftlab_sorted")
         for base in ("hf_run_glue", "hf_best")
         if contestants[base]
     }
