@@ -92,25 +92,30 @@ def test_tokenization_is_cached_on_disk(tokenizer, tiny_text_data, tmp_path, mon
     assert calls
 
 
-def test_sst2_style_tsv_reads_bare_quotes(tokenizer, tmp_path) -> None:
-    tsv = tmp_path / "train.tsv"
-    tsv.write_text(
-        'sentence\tlabel\nit \'s a "great" film\t1\n" dull\t0\na good one\t1\nbad bad\t0\n'
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        # SST-2's tsv: quotes are plain characters, an unmatched one included
+        (
+            "train.tsv",
+            'sentence\tlabel\nit \'s a "great" film\t1\n" dull\t0\na good one\t1\nbad bad\t0\n',
+        ),
+        # csv: a quoted field keeps its line breaks, commas and doubled quotes
+        (
+            "train.csv",
+            'sentence,label\n"a good\nfilm, really",1\n"bad,\r\nbad",0\nfine,1\n"dull ""and"" slow",0\n',
+        ),
+    ],
+)
+def test_quoting_as_each_format_ships_it(tokenizer, tmp_path, name, content) -> None:
+    data = tmp_path / name
+    data.write_text(content)
+    dm = text_dm(
+        tokenizer, tmp_path, train_file=str(data), text_column="sentence", val_fraction=0.5
     )
-    dm = text_dm(tokenizer, tmp_path, train_file=str(tsv), text_column="sentence", val_fraction=0.5)
-    dm.setup()
-    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 4
-
-
-def test_csv_quoted_line_breaks_and_commas_stay_one_example(tokenizer, tmp_path) -> None:
-    csv = tmp_path / "train.csv"
-    csv.write_text(
-        'sentence,label\n"a good\nfilm, really",1\n"bad,\r\nbad",0\nfine,1\n"dull ""and"" slow",0\n'
-    )
-    dm = text_dm(tokenizer, tmp_path, train_file=str(csv), text_column="sentence", val_fraction=0.5)
     dm.setup()
     labels = list(dm.splits["train"]["labels"]) + list(dm.splits["val"]["labels"])
-    assert sorted(labels) == [0, 0, 1, 1]  # 4 examples: no row split at a quoted line break
+    assert sorted(labels) == [0, 0, 1, 1]  # 4 examples: no row split or merged at a quote
 
 
 def test_missing_column_lists_columns(tokenizer, tiny_text_data, tmp_path) -> None:

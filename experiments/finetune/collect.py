@@ -74,18 +74,24 @@ def row(name: str, run: Path) -> str:
     )
 
 
+def print_table(header: list[str], rows: list[str]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    print("\n".join(rows))
+
+
+def not_run(name: str, columns: int) -> str:
+    return f"| {name} | not run |" + " |" * (columns - 2)
+
+
 def main(logs: Path) -> None:
-    print(
-        "| experiment | val acc (best epoch) | test acc | best epoch | trainable params "
-        "| s / epoch (min / median) |"
-    )
-    print("|---|---|---|---|---|---|")
+    header = ["experiment", "val acc (best epoch)", "test acc", "best epoch", "trainable params",
+              "s / epoch (min / median)"]  # fmt: skip
+    rows = []
     for name in EXPERIMENTS:
         runs = sorted((logs / f"ft_{name}" / "runs").glob("*/metrics.json"))
-        if runs:
-            print(row(name, runs[-1].parent))
-        else:
-            print(f"| {name} | not run | | | | |")
+        rows.append(row(name, runs[-1].parent) if runs else not_run(name, len(header)))
+    print_table(header, rows)
 
 
 def mean_std(values: list[float]) -> str:
@@ -94,7 +100,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def seeded_row(name: str, logs: Path) -> str:
+def seeded_row(name: str, logs: Path, columns: int) -> str:
     """One row over every `logs/ft_<name>_seed<N>` run: mean ± std (sample std) of val and test
     accuracy, the per-seed test accuracies, best epochs and the median wall time of a run."""
     runs = {}
@@ -103,7 +109,7 @@ def seeded_row(name: str, logs: Path) -> str:
         if found:
             runs[dir_.name.rsplit("_seed", 1)[1]] = json.loads(found[-1].read_text())
     if not runs:
-        return f"| {name} | not run | | | | | |"
+        return not_run(name, columns)
     seeds = sorted(runs, key=int)
     val = [runs[s]["val/acc"] for s in seeds]
     test = [runs[s]["test/acc"] for s in seeds]
@@ -117,13 +123,9 @@ def seeded_row(name: str, logs: Path) -> str:
 
 
 def main_seeds(logs: Path) -> None:
-    print(
-        "| experiment | seeds | val acc (best epoch) | test acc | test acc per seed "
-        "| best epoch per seed | s / run (median) |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name in SEEDED_EXPERIMENTS:
-        print(seeded_row(name, logs))
+    header = ["experiment", "seeds", "val acc (best epoch)", "test acc", "test acc per seed",
+              "best epoch per seed", "s / run (median)"]  # fmt: skip
+    print_table(header, [seeded_row(name, logs, len(header)) for name in SEEDED_EXPERIMENTS])
 
 
 if __name__ == "__main__":

@@ -201,11 +201,9 @@ def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
     for rep in range(reps):
         # a seed per repetition, the same for every contestant: the accuracies are 3 seeds'
         seeded = [*overrides, f"seed={42 + rep}"]
-        for key, grouping in (("ftlab", "megabatch"), ("ftlab_sorted", "sorted")):
+        for key, extra in (("ftlab", []), ("ftlab_sorted", ["data.group_by_length=sorted"])):
             log(f"hf rep {rep + 1}/{reps}: {key}")
-            steplog, metrics = ftlab_run(
-                [*seeded, f"data.group_by_length={grouping}"], work, f"hf_{key}"
-            )
+            steplog, metrics = ftlab_run([*seeded, *extra], work, f"hf_{key}")
             contestants[key].append(steplog.epoch_times()[0])
             accuracy[key].append(metrics["test/acc"])
         variants = [("hf_best", False)] + ([("hf_run_glue", True)] if rep < reps_padded else [])

@@ -60,7 +60,7 @@ def markdown(results: dict[str, Any]) -> str:
             "lr 1e-4, linear warmup 6%, weight decay 0.01, bf16 autocast where ftlab uses it; "
             "dev accuracy on the 872 SST-2 dev sentences. `run_glue` pads every example to 128; "
             "`best` is dynamic padding + `group_by_length`. `ftlab` is the default "
-            "(`data.group_by_length=megabatch`, as HF), `ftlab_sorted` `data.group_by_length=sorted` "
+            "(`data.group_by_length`: megabatch, as HF), `ftlab_sorted` `data.group_by_length=sorted` "
             "(`ftlab_megabatch` where `sorted` was the default, in the run at 98245a9). "
             "Repetition i uses seed 42 + i for every contestant, "
             "so the accuracies are those of different seeds. Goals: ftlab epoch ≤ 0.2 × run_glue "

@@ -10,7 +10,8 @@ chooses.
   changes every epoch: token lengths are integers, so most of the randomness comes from the
   shuffled ties. Padded / real tokens on SST-2 (batch 32, word counts): 1.161 with megabatches
   vs 1.039 on 2,058 sentences, 1.048 vs 1.002 on all 67k (AllenNLP's default noise of 0.1
-  gives 1.097 and 1.071: worse than megabatches on the full set).
+  gives 1.097 and 1.071: worse than megabatches on the full set); from
+  `experiments/bench/length_grouping/padding.py`.
 """
 
 from __future__ import annotations
