@@ -25,6 +25,7 @@ DATA_KEYS: dict[str, tuple[str, ...]] = {
         "task_type",
         "val_fraction",
         "test_fraction",
+        "carve_whole_texts",
         "strip_html",
         "delimiter",
         "header",

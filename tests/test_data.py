@@ -230,3 +230,56 @@ def test_cache_entry_published_by_another_process_is_kept(
     assert entry.stat().st_ino == inode
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temp dir left
     assert second.splits["train"]["input_ids"] == first.splits["train"]["input_ids"]
+
+
+def test_whole_texts_and_containment_are_by_words() -> None:
+    from src.data.whole_texts import contained_mask, whole_text_mask
+
+    texts = ["A good film", "good film", "good", "goodness", "a good film", "dull plot"]
+    assert whole_text_mask(texts) == [True, False, False, True, True, True]
+    assert contained_mask(texts, ["a GOOD film"]) == [True, True, True, False, True, False]
+
+
+def phrase_data(tmp_path, n_sentences: int = 40):
+    """Sentences of 4 words, each followed by two of its phrases with the same label (as SST-2)."""
+    rng = random.Random(1)
+    rows = []
+    for i in range(n_sentences):
+        label = i % 2
+        words = [f"w{rng.randrange(10_000)}" for _ in range(3)] + ["good" if label else "bad"]
+        rows += [f"{' '.join(words)},{label}", f"{' '.join(words[1:])},{label}"]
+        rows.append(f"{' '.join(words[2:])},{label}")
+    csv = tmp_path / "phrases.csv"
+    csv.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return csv
+
+
+def test_carve_whole_texts_holds_out_sentences_and_drops_their_phrases(tokenizer, tmp_path) -> None:
+    csv = phrase_data(tmp_path)
+    dm = text_dm(
+        tokenizer,
+        tmp_path,
+        train_file=str(csv),
+        val_fraction=0.1,
+        test_fraction=0.1,
+        carve_whole_texts=True,
+    )
+    dm.setup()
+    val, test = (list(dm.splits[s]["text"]) for s in ("val", "test"))
+    # test first: 10% of 120 rows; then val: 10% of the 84 rows left; sentences only
+    assert len(test) == 12 and len(val) == 8
+    assert all(len(t.split()) == 4 for t in val + test)
+    assert sum(dm.splits["val"]["labels"]) == 4  # stratified
+    # every phrase of a held-out sentence is gone from train; the rest stays
+    assert len(dm.splits["train"]) == 120 - 3 * (12 + 8)
+    # a random carve (the default) holds out phrases too
+    plain = text_dm(tokenizer, tmp_path / "plain", train_file=str(csv), val_fraction=0.1)
+    plain.setup()
+    assert any(len(t.split()) < 4 for t in plain.splits["val"]["text"])
+
+
+def test_carve_whole_texts_too_large_a_fraction_is_named(tokenizer, tmp_path) -> None:
+    csv = phrase_data(tmp_path)
+    dm = text_dm(tokenizer, tmp_path, train_file=str(csv), val_fraction=0.5, carve_whole_texts=True)
+    with pytest.raises(DataError, match="carve_whole_texts: 0.5 of 120 examples is 60, but only 40"):
+        dm.setup()

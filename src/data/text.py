@@ -80,6 +80,7 @@ class TextDataModule(L.LightningDataModule):
         task_type: str = "multiclass",
         val_fraction: float = 0.1,
         test_fraction: float | None = None,
+        carve_whole_texts: bool = False,
         strip_html: bool = False,
         delimiter: str | None = None,
         header: bool = True,
@@ -116,6 +117,9 @@ class TextDataModule(L.LightningDataModule):
         # Without a test file, this fraction of train is held out as the test split (null: the
         # val split is also reported as test, with a warning).
         self.test_fraction = test_fraction
+        # Carve held-out splits from texts that are not part of another, and drop from train
+        # the texts inside them (data of sentences and their phrases: src/data/whole_texts.py).
+        self.carve_whole_texts = bool(carve_whole_texts)
         self.strip_html = strip_html
         self.delimiter = delimiter
         self.limit_train = limit_train
@@ -214,6 +218,8 @@ class TextDataModule(L.LightningDataModule):
             "version": 4,
         }
         # multiclass with the default reading: the key of earlier versions (caches stay valid)
+        if self.carve_whole_texts:
+            spec["carve_whole_texts"] = True
         if self.task_type != "multiclass" or self.read != DEFAULT_READ:
             spec["labels"] = [self.task_type, self.label_columns]
             spec["read_file"] = self.read
@@ -394,6 +400,8 @@ class TextDataModule(L.LightningDataModule):
             train = train.shuffle(seed=self.seed).select(range(self.limit_train))
 
         def carve(ds: Any, fraction: float) -> tuple[Any, Any]:
+            if self.carve_whole_texts:
+                return self._carve_whole_texts(ds, fraction)
             if self.task_type != "multiclass":  # seeded, stratified on split_targets
                 keep, held = stratified_split(self._split_targets(ds), fraction, self.seed)
                 return ds.select(keep), ds.select(held)
@@ -426,6 +434,37 @@ class TextDataModule(L.LightningDataModule):
             )
             raw["test"] = raw["val"]
         return raw
+
+    def _carve_whole_texts(self, ds: Any, fraction: float) -> tuple[Any, Any]:
+        """(rest, held): `fraction` of `ds`'s size held out from its whole texts (seeded,
+        stratified), and every text inside a held-out one dropped from the rest."""
+        from src.data.splits import stratified_split
+        from src.data.whole_texts import contained_mask, whole_text_mask
+
+        texts = column_values(ds, self.text_columns[0])
+        pool = [i for i, whole in enumerate(whole_text_mask(texts)) if whole]
+        n_held = max(1, round(fraction * len(ds)))
+        if n_held > len(pool):
+            raise DataError(
+                f"data.carve_whole_texts: {fraction} of {len(ds)} examples is {n_held}, but only "
+                f"{len(pool)} texts are not part of another; lower data.val_fraction / "
+                "data.test_fraction, or set data.carve_whole_texts=false"
+            )
+        _, held_at = stratified_split(
+            self._split_targets(ds.select(pool)), n_held / len(pool), self.seed
+        )
+        held = [pool[j] for j in held_at]
+        inside = contained_mask(texts, [texts[i] for i in held])
+        rest = [i for i, c in enumerate(inside) if not c]
+        log.info(
+            "data: held out %d whole texts (of %d); dropped %d training examples contained in "
+            "them, %d left",
+            len(held),
+            len(pool),
+            len(ds) - len(held) - len(rest),
+            len(rest),
+        )
+        return ds.select(rest), ds.select(held)
 
     def _split_targets(self, ds: Any) -> list[Any]:
         """What held-out splits and folds are stratified on (src/data/splits.py)."""
