@@ -281,5 +281,7 @@ def test_carve_whole_texts_holds_out_sentences_and_drops_their_phrases(tokenizer
 def test_carve_whole_texts_too_large_a_fraction_is_named(tokenizer, tmp_path) -> None:
     csv = phrase_data(tmp_path)
     dm = text_dm(tokenizer, tmp_path, train_file=str(csv), val_fraction=0.5, carve_whole_texts=True)
-    with pytest.raises(DataError, match="carve_whole_texts: 0.5 of 120 examples is 60, but only 40"):
+    with pytest.raises(
+        DataError, match="carve_whole_texts: 0.5 of 120 examples is 60, but only 40"
+    ):
         dm.setup()
