@@ -39,7 +39,7 @@ from src.models.networks import Network
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JPEGs decoded by torchvision (src/data/image.py: rgb_loader)
 SPLITS = ("train", "val", "test")
 # datamodule attributes that decide what lands in which split or how it is preprocessed
 DATA_SETTINGS = ("max_length", "val_fraction", "limit_train", "seed", "folds", "fold", "augment")

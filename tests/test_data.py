@@ -285,3 +285,27 @@ def test_carve_whole_texts_too_large_a_fraction_is_named(tokenizer, tmp_path) ->
         DataError, match="carve_whole_texts: 0.5 of 120 examples is 60, but only 40"
     ):
         dm.setup()
+
+
+def test_jpegs_decode_with_torchvision_others_with_pil(tiny_images, tmp_path) -> None:
+    from PIL import Image
+
+    from src.data.image import build_transforms, rgb_loader
+
+    jpg = next(tiny_images.rglob("*.jpg"))
+    gif = next(tiny_images.rglob("*.gif"))
+    decoded = rgb_loader(str(jpg))
+    assert isinstance(decoded, torch.Tensor) and decoded.dtype == torch.uint8
+    pil = Image.open(jpg).convert("RGB")
+    assert decoded.shape == (3, pil.height, pil.width)
+    assert (
+        decoded.int() - torch.as_tensor(list(pil.getdata())).T.reshape(decoded.shape)
+    ).abs().max() <= 2
+    assert rgb_loader(str(gif)).mode == "RGB"
+    # a JPEG torchvision refuses goes to PIL, whose error names the file
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpg.read_bytes()[:40])
+    with pytest.raises(DataError, match=f"cannot read image {broken}"):
+        rgb_loader(str(broken))
+    tf = build_transforms(PRE, False, 0.0)
+    assert torch.allclose(tf(decoded), tf(pil), atol=0.05)
