@@ -309,3 +309,18 @@ def test_jpegs_decode_with_torchvision_others_with_pil(tiny_images, tmp_path) ->
         rgb_loader(str(broken))
     tf = build_transforms(PRE, False, 0.0)
     assert torch.allclose(tf(decoded), tf(pil), atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"carve_whole_texts": "yes"}, "data.carve_whole_texts='yes': true or false"),
+        ({"carve_whole_texts": True, "text_pair_column": "b"}, "not with data.text_pair_column"),
+        ({"carve_whole_texts": True, "folds": 5, "fold": 0}, "not with data.folds"),
+    ],
+)
+def test_carve_whole_texts_bad_settings_are_named(tokenizer, tmp_path, extra, needle) -> None:
+    from src.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        text_dm(tokenizer, tmp_path, train_file=str(tmp_path / "t.csv"), **extra)

@@ -19,7 +19,7 @@ from src.data.length_grouping import NoisySortedBatchSampler, length_grouping
 from src.data.report import MAX_LISTED, build_report, length_summary, warn_about
 from src.data.resumable import resumable_train_loader
 from src.data.text_files import DEFAULT_READ, load_local_split
-from src.errors import DataError
+from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,14 @@ class TextDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         # Carve held-out splits from texts that are not part of another, and drop from train
         # the texts inside them (data of sentences and their phrases: src/data/whole_texts.py).
-        self.carve_whole_texts = bool(carve_whole_texts)
+        self.carve_whole_texts = carve_whole_texts
+        if carve_whole_texts not in (True, False):
+            raise ConfigError(f"data.carve_whole_texts={carve_whole_texts!r}: true or false")
+        if carve_whole_texts and (text_pair_column is not None or folds):
+            raise ConfigError(
+                "data.carve_whole_texts=true carves val / test from single texts: not with "
+                + ("data.text_pair_column" if text_pair_column is not None else "data.folds")
+            )
         self.strip_html = strip_html
         self.delimiter = delimiter
         self.limit_train = limit_train
