@@ -401,6 +401,7 @@ class TextDataModule(L.LightningDataModule):
         from datasets import ClassLabel
 
         from src.data.splits import fold_split, fold_targets, stratified_split
+        from src.data.whole_texts import carve_whole_texts
 
         train = raw["train"]
         if self.limit_train is not None and self.limit_train < len(train):
@@ -408,7 +409,11 @@ class TextDataModule(L.LightningDataModule):
 
         def carve(ds: Any, fraction: float) -> tuple[Any, Any]:
             if self.carve_whole_texts:
-                return self._carve_whole_texts(ds, fraction)
+                texts = column_values(ds, self.text_columns[0])
+                keep, held = carve_whole_texts(
+                    texts, lambda idx: self._split_targets(ds.select(idx)), fraction, self.seed
+                )
+                return ds.select(keep), ds.select(held)
             if self.task_type != "multiclass":  # seeded, stratified on split_targets
                 keep, held = stratified_split(self._split_targets(ds), fraction, self.seed)
                 return ds.select(keep), ds.select(held)
@@ -441,37 +446,6 @@ class TextDataModule(L.LightningDataModule):
             )
             raw["test"] = raw["val"]
         return raw
-
-    def _carve_whole_texts(self, ds: Any, fraction: float) -> tuple[Any, Any]:
-        """(rest, held): `fraction` of `ds`'s size held out from its whole texts (seeded,
-        stratified), and every text inside a held-out one dropped from the rest."""
-        from src.data.splits import stratified_split
-        from src.data.whole_texts import contained_mask, whole_text_mask
-
-        texts = column_values(ds, self.text_columns[0])
-        pool = [i for i, whole in enumerate(whole_text_mask(texts)) if whole]
-        n_held = max(1, round(fraction * len(ds)))
-        if n_held > len(pool):
-            raise DataError(
-                f"data.carve_whole_texts: {fraction} of {len(ds)} examples is {n_held}, but only "
-                f"{len(pool)} texts are not part of another; lower data.val_fraction / "
-                "data.test_fraction, or set data.carve_whole_texts=false"
-            )
-        _, held_at = stratified_split(
-            self._split_targets(ds.select(pool)), n_held / len(pool), self.seed
-        )
-        held = [pool[j] for j in held_at]
-        inside = contained_mask(texts, [texts[i] for i in held])
-        rest = [i for i, c in enumerate(inside) if not c]
-        log.info(
-            "data: held out %d whole texts (of %d); dropped %d training examples contained in "
-            "them, %d left",
-            len(held),
-            len(pool),
-            len(ds) - len(held) - len(rest),
-            len(rest),
-        )
-        return ds.select(rest), ds.select(held)
 
     def _split_targets(self, ds: Any) -> list[Any]:
         """What held-out splits and folds are stratified on (src/data/splits.py)."""

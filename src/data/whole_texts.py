@@ -14,7 +14,13 @@ not in "goodness".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from src.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -46,3 +52,36 @@ def contained_mask(texts: Sequence[str], held: Sequence[str]) -> list[bool]:
     """For each text: True when it equals or is a part of one of the `held` texts."""
     parts = {span for h in {_words(t) for t in held} for span in _spans(h)}
     return [_words(t) in parts for t in texts]
+
+
+def carve_whole_texts(
+    texts: Sequence[str],
+    strata: Callable[[list[int]], list[Any]],
+    fraction: float,
+    seed: int,
+) -> tuple[list[int], list[int]]:
+    """(keep, held) indices: `fraction` of the examples held out from the whole texts (seeded,
+    stratified on `strata(indices)`), and every text inside a held-out one dropped from keep."""
+    from src.data.splits import stratified_split
+
+    pool = [i for i, whole in enumerate(whole_text_mask(texts)) if whole]
+    n_held = max(1, round(fraction * len(texts)))
+    if n_held > len(pool):
+        raise DataError(
+            f"data.carve_whole_texts: {fraction} of {len(texts)} examples is {n_held}, but only "
+            f"{len(pool)} texts are not part of another; lower data.val_fraction / "
+            "data.test_fraction, or set data.carve_whole_texts=false"
+        )
+    _, held_at = stratified_split(strata(pool), n_held / len(pool), seed)
+    held = [pool[j] for j in held_at]
+    inside = contained_mask(texts, [texts[i] for i in held])
+    keep = [i for i, c in enumerate(inside) if not c]
+    log.info(
+        "data: held out %d whole texts (of %d); dropped %d training examples contained in "
+        "them, %d left",
+        len(held),
+        len(pool),
+        len(texts) - len(held) - len(keep),
+        len(keep),
+    )
+    return keep, held
