@@ -35,7 +35,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 def rgb_loader(path: str) -> torch.Tensor | Image.Image:
     """Every image as 3-channel RGB. JPEGs as a uint8 tensor decoded by torchvision
     (`decode_jpeg`, libjpeg-turbo): here 1.28 vs 1.53 ms an image for PIL, and the training
-    transforms then take 1.36 instead of 2.00 ms (experiments/bench/image_path.json). Everything
+    transforms then take 1.36 instead of 2.00 ms (experiments/bench/image_path_pil.json). Everything
     else (PNG, palette GIFs, greyscale, RGBA, a JPEG torchvision refuses) through PIL."""
     try:
         data = Path(path).read_bytes()

@@ -52,8 +52,6 @@ def labelled_data_config(run_cfg: DictConfig, given: dict[str, Any]) -> DictConf
         if target == IMAGE_TABLE:  # the image paths are relative to the table's folder
             data["root"] = str(given.get("root") or Path(test_file).parent)
     data.update(val_fraction=None, test_fraction=None, folds=None, fold=None)
-    if data.get("carve_whole_texts"):
-        data["carve_whole_texts"] = False  # nothing is carved from new test data
     return OmegaConf.create({k: v for k, v in data.items() if k in run_cfg.data or v is not None})
 
 

@@ -224,9 +224,9 @@ class TextDataModule(L.LightningDataModule):
             # their texts (errors.csv names the misclassified examples)
             "version": 4,
         }
-        # multiclass with the default reading: the key of earlier versions (caches stay valid)
         if self.carve_whole_texts:
             spec["carve_whole_texts"] = True
+        # multiclass with the default reading: the key of earlier versions (caches stay valid)
         if self.task_type != "multiclass" or self.read != DEFAULT_READ:
             spec["labels"] = [self.task_type, self.label_columns]
             spec["read_file"] = self.read
@@ -410,9 +410,8 @@ class TextDataModule(L.LightningDataModule):
         def carve(ds: Any, fraction: float) -> tuple[Any, Any]:
             if self.carve_whole_texts:
                 texts = column_values(ds, self.text_columns[0])
-                keep, held = carve_whole_texts(
-                    texts, lambda idx: self._split_targets(ds.select(idx)), fraction, self.seed
-                )
+                strata = self._split_targets(ds)
+                keep, held = carve_whole_texts(texts, strata, fraction, self.seed)
                 return ds.select(keep), ds.select(held)
             if self.task_type != "multiclass":  # seeded, stratified on split_targets
                 keep, held = stratified_split(self._split_targets(ds), fraction, self.seed)

@@ -15,7 +15,7 @@ not in "goodness".
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from src.errors import DataError
@@ -56,12 +56,12 @@ def contained_mask(texts: Sequence[str], held: Sequence[str]) -> list[bool]:
 
 def carve_whole_texts(
     texts: Sequence[str],
-    strata: Callable[[list[int]], list[Any]],
+    strata: Sequence[Any],
     fraction: float,
     seed: int,
 ) -> tuple[list[int], list[int]]:
     """(keep, held) indices: `fraction` of the examples held out from the whole texts (seeded,
-    stratified on `strata(indices)`), and every text inside a held-out one dropped from keep."""
+    stratified on each example's `strata`), and every text inside a held-out one dropped."""
     from src.data.splits import stratified_split
 
     pool = [i for i, whole in enumerate(whole_text_mask(texts)) if whole]
@@ -72,7 +72,7 @@ def carve_whole_texts(
             f"{len(pool)} texts are not part of another; lower data.val_fraction / "
             "data.test_fraction, or set data.carve_whole_texts=false"
         )
-    _, held_at = stratified_split(strata(pool), n_held / len(pool), seed)
+    _, held_at = stratified_split([strata[i] for i in pool], n_held / len(pool), seed)
     held = [pool[j] for j in held_at]
     inside = contained_mask(texts, [texts[i] for i in held])
     keep = [i for i, c in enumerate(inside) if not c]
