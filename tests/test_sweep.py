@@ -5,6 +5,7 @@ workers, NaN trials, DDP trials and a real PostgreSQL server. Each test runs the
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing
 import os
 import shlex
@@ -22,9 +23,11 @@ from optuna.trial import TrialState
 
 from src.bench.postgres import PASSWORD, local_postgres, server_binaries
 from src.errors import ConfigError
-from src.sweep.runner import gpu_assignment, last_error_line
+from src.sweep import trial_env
+from src.sweep.placement import gpu_assignment
 from src.sweep.space import parse_params, split_arguments, to_overrides
 from src.sweep.study import mask_url, retry_of, top_trial_run_dirs
+from src.sweep.trial_outcome import Outcome, last_error_line, read_outcome
 from tests.conftest import QUIET, ROOT, read_metrics, run_cli, tiny_text_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -164,6 +167,23 @@ def test_gpu_assignment_and_masking(tmp_path: Path) -> None:
         "Traceback...\nsrc.run.NonFiniteLossError: boom\nerror: val/loss is nan after epoch 0\n"
     )
     assert last_error_line(log, 2) == "val/loss is nan after epoch 0"
+
+
+def test_a_finished_trial_process_is_read_back_as_complete_pruned_or_failed(tmp_path: Path) -> None:
+    log = tmp_path / "trial.log"
+    log.write_text("Traceback...\nRuntimeError: CUDA out of memory\n")
+
+    def read(returncode: int) -> Outcome:
+        return read_outcome(returncode, tmp_path, log, "val/acc")
+
+    assert read(-11) == (TrialState.FAIL, None, "RuntimeError: CUDA out of memory")
+    assert read(0).state == TrialState.FAIL and "no finite val/acc" in read(0).error
+    (tmp_path / "metrics.json").write_text(json.dumps({"monitor_value": float("nan")}))
+    assert read(0).state == TrialState.FAIL and "nan" in read(0).error
+    (tmp_path / "metrics.json").write_text(json.dumps({"monitor_value": 0.75}))
+    assert read(0) == (TrialState.COMPLETE, 0.75, None)
+    (tmp_path / trial_env.PRUNED_MARKER).touch()
+    assert read(0) == (TrialState.PRUNED, None, None)
 
 
 # -- the "done when" list ------------------------------------------------------------------------

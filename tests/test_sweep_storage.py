@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from src.errors import ConfigError
-from src.sweep.runner import Sweep, SweepSettings
+from src.sweep.runner import Sweep
+from src.sweep.settings import SweepSettings
 from src.sweep.space import parse_params
 from src.sweep.study import STORAGE_ENV, resolve_ref, storage_ref, storage_url
 from src.sweep.trial_env import ENV_STORAGE
@@ -99,7 +100,7 @@ def test_a_trial_lost_with_its_worker_says_so(tmp_path: Path) -> None:
 def test_workers_follow_the_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """n_workers=auto: one worker per devices_per_worker visible GPUs, one without GPUs; each
     trial trains on all of its worker's GPUs (trainer.devices) unless the command says otherwise."""
-    from src.sweep.runner import gpu_assignment, resolve_workers, visible_gpus
+    from src.sweep.placement import gpu_assignment, resolve_workers, visible_gpus
 
     monkeypatch.delenv(STORAGE_ENV, raising=False)  # the SQLite study in tmp_path
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")

@@ -154,8 +154,10 @@ class FtlabOptunaSweeper(Sweeper):
         import optuna
 
         from src.errors import ConfigError
+        from src.sweep.placement import resolve_workers, visible_gpus
         from src.sweep.pruning import resolve_resource
-        from src.sweep.runner import Sweep, SweepSettings, resolve_workers, visible_gpus
+        from src.sweep.runner import Sweep
+        from src.sweep.settings import SweepSettings
         from src.sweep.space import override_key, parse_params, split_arguments
         from src.sweep.study import storage_ref, storage_url
 

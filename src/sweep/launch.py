@@ -57,6 +57,14 @@ def cold_start(
     )
 
 
+def kill_group(proc: TrialProcess) -> None:
+    """The trial process and whatever it started (DDP ranks): they share its process group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(proc.pid, signal.SIGKILL)  # a warm child killed before its setsid()
+
+
 class WarmProcess:
     """A forked trial process with Popen's `pid` and `wait(timeout)`."""
 

@@ -25,8 +25,9 @@ from optuna.trial import TrialState
 from src import PROJECT_ROOT
 from src.sweep.best import train_command
 from src.sweep.launch import cold_start
-from src.sweep.runner import Sweep, last_error_line, read_json
+from src.sweep.runner import Sweep
 from src.sweep.space import format_value
+from src.sweep.trial_outcome import last_error_line, read_json
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,8 @@ src/sweep/launch.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -32,7 +30,8 @@ from optuna.trial import Trial, TrialState
 from src import PROJECT_ROOT
 from src.errors import ConfigError
 from src.sweep import trial_env
-from src.sweep.launch import TrialProcess, WarmStarter, cold_start
+from src.sweep.launch import TrialProcess, WarmStarter, cold_start, kill_group
+from src.sweep.placement import gpu_assignment, visible_gpus
 from src.sweep.progress import status_line
 from src.sweep.pruning import build, build_pruner, describe
 from src.sweep.report import write_report
@@ -50,65 +49,10 @@ from src.sweep.study import (
     quiet_experimental,
     retry_of,
 )
+from src.sweep.trial_outcome import read_outcome, startup_seconds
 from src.sweep.warm import enqueue, seed_from
 
 log = logging.getLogger(__name__)
-
-
-def gpu_assignment(
-    visible: Sequence[str], n_workers: int, per_worker: int | None
-) -> list[list[str]]:
-    """The GPUs each worker pins its trials to (`CUDA_VISIBLE_DEVICES`); empty lists without GPUs."""
-    if not visible:
-        return [[] for _ in range(n_workers)]
-    per = per_worker or max(1, len(visible) // n_workers)
-    # More workers than GPUs: they share round-robin rather than refuse to start.
-    return [[visible[(i * per + j) % len(visible)] for j in range(per)] for i in range(n_workers)]
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this sweep may use: `CUDA_VISIBLE_DEVICES` when set, else every GPU the NVIDIA
-    driver lists (read from /proc, so the sweeper need not import torch)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    listed = Path("/proc/driver/nvidia/gpus")
-    return [str(i) for i in range(len(list(listed.glob("*"))))] if listed.is_dir() else []
-
-
-def resolve_workers(n_workers: Any, visible: Sequence[str], per_worker: int | None) -> int:
-    """`hydra.sweeper.n_workers`: an int, or `auto` = one worker per `devices_per_worker` visible
-    GPUs (one per GPU by default), one on a machine without GPUs."""
-    if n_workers in (None, "auto"):
-        return max(1, len(visible) // int(per_worker or 1)) if visible else 1
-    try:
-        return int(n_workers)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"hydra.sweeper.n_workers={n_workers!r} is invalid: an int >= 1 or auto"
-        ) from None
-
-
-def last_error_line(log_file: Path, returncode: int) -> str:
-    """The one line that says why a trial process failed: ftlab's `error:` line, else the exception."""
-    try:
-        lines = [
-            ln.strip()
-            for ln in log_file.read_text(errors="replace").splitlines()[-400:]
-            if ln.strip()
-        ]
-    except OSError:
-        lines = []
-    for ln in reversed(lines):
-        if ln.startswith("error: "):
-            return ln[len("error: ") :]
-    for ln in reversed(lines):
-        head = ln.split(":", 1)[0]
-        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
-            return ln
-    return f"trial process exited with status {returncode}" + (
-        f" (signal {-returncode})" if returncode < 0 else ""
-    )
 
 
 class Sweep:
@@ -267,7 +211,7 @@ class Sweep:
             self._interrupted = True
             self._stop.set()
             for proc in list(self._procs.values()):
-                _kill_group(proc)
+                kill_group(proc)
             for w in workers:
                 w.join(timeout=60)
             self.report(plots=True)
@@ -432,10 +376,9 @@ class Sweep:
                             log.warning("trial %d: heartbeat failed: %s", trial.number, e)
             finally:
                 self._procs.pop(trial.number, None)
-        first_step = read_json(trial_dir / trial_env.TIMING_FILE).get("first_step_at")
-        if isinstance(first_step, (int, float)):
-            # From the launch to the first training step: what warm start saves.
-            trial.set_user_attr("startup_s", round(first_step - launched, 2))
+        startup = startup_seconds(trial_dir, launched)
+        if startup is not None:
+            trial.set_user_attr("startup_s", startup)
         self._finish(trial, returncode, trial_dir, log_file)
 
     def _finish(self, trial: Trial, returncode: int, trial_dir: Path, log_file: Path) -> None:
@@ -453,18 +396,7 @@ class Sweep:
                 with quiet_experimental():  # re-queue it as a dead worker's trial would be
                     RetryHeartbeatStaleTrialCallback(max_retry=self.s.max_retry)(self.study, frozen)
             return
-        state, value, error = TrialState.FAIL, None, None
-        if returncode == 0:
-            metrics = read_json(trial_dir / "metrics.json")
-            monitored = metrics.get("monitor_value")
-            if (trial_dir / trial_env.PRUNED_MARKER).is_file():
-                state = TrialState.PRUNED
-            elif isinstance(monitored, (int, float)) and math.isfinite(monitored):
-                state, value = TrialState.COMPLETE, float(monitored)
-            else:
-                error = f"no finite {self.s.monitor} in {trial_dir / 'metrics.json'} (got {monitored!r})"
-        else:
-            error = last_error_line(log_file, returncode)
+        state, value, error = read_outcome(returncode, trial_dir, log_file, self.s.monitor)
         if error:
             trial.set_user_attr("error", error)
         frozen = _tell_safely(self.study, trial, state, value)
@@ -525,21 +457,6 @@ def _tell_safely(study: optuna.Study, trial: Trial, state: TrialState, value: fl
     except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
         log.warning("trial %d: could not record %s: %s", trial.number, state.name, e)
         return None
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _kill_group(proc: TrialProcess) -> None:
-    """The trial process and whatever it started (DDP ranks): they share its process group."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(proc.pid, signal.SIGKILL)  # a warm child killed before its setsid()
 
 
 def _free_port() -> int:
