@@ -98,7 +98,7 @@ def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOu
     batch_size = int(cfg.batch_size or model.run_cfg.data.eval_batch_size)
     if model.modality == "text":
         # Sorted by length (little padding), scattered back to the split's order below.
-        from src.data.text import column_values
+        from src.data.text_rows import column_values
 
         lengths = column_values(ds, "length")
         order = sorted(range(len(ds)), key=lengths.__getitem__)

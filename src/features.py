@@ -32,7 +32,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from src.data.text import column_values
+from src.data.text_rows import column_values
 from src.errors import ConfigError
 from src.finetune import feature_cache_setting
 from src.models.networks import Network

@@ -23,7 +23,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from src.bench.__main__ import setup_baseline
 from src.bench.plain import _autocast
-from src.data.text import column_values
+from src.data.text_rows import column_values
 
 STEPS, WARMUP, REPS = 40, 5, 3
 

@@ -16,9 +16,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.data.length_grouping import NoisySortedBatchSampler, length_grouping
-from src.data.report import MAX_LISTED, build_report, length_summary, warn_about
+from src.data.report import build_report, length_summary, warn_about
 from src.data.resumable import resumable_train_loader
 from src.data.text_files import DEFAULT_READ, load_local_split
+from src.data.text_rows import (
+    column_values,
+    columns,
+    drop_empty_texts,
+    html_summary,
+    strip_html_columns,
+)
 from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -42,17 +49,6 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
     spec.pop("truncation", None)
     spec.pop("padding", None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
-def column_values(ds: Any, name: str) -> list[Any]:
-    """A column as a Python list, fast: `ds[name]` is a lazy column in `datasets` >= 4, and
-    indexing it per example (as LengthGroupedSampler does with `lengths[i]`) costs seconds an
-    epoch on SST-2. The arrow format respects an indices mapping (select / shuffle)."""
-    return ds.with_format("arrow")[name].to_pylist()
-
-
-def _columns(ds: Any, names: list[str]) -> dict[str, list]:
-    return {name: column_values(ds, name) for name in names}
 
 
 class TextDataModule(L.LightningDataModule):
@@ -195,7 +191,7 @@ class TextDataModule(L.LightningDataModule):
         cols = self.label_columns or [self.label_column]
         self.label_names, encoded = encode_labels(
             self.task_type,
-            {s: _columns(ds, cols) for s, ds in raw.items()},
+            {s: columns(ds, cols) for s, ds in raw.items()},
             self.files,
             self.label_column,
             self.label_columns,
@@ -253,10 +249,10 @@ class TextDataModule(L.LightningDataModule):
             if len(ds) == 0:
                 raise DataError(f"the {split} split is empty ({self.files.get(split)})")
         raw = self._encode_labels(raw)  # before any row is dropped: errors name file rows
-        raw, dropped = self._drop_empty_texts(raw)
-        html = self._html_summary(raw["train"])
+        raw, dropped = drop_empty_texts(raw, self.text_columns, self.files)
+        html = html_summary(raw["train"], self.text_columns, self.strip_html)
         if self.strip_html:
-            raw = {s: self._strip_html(ds) for s, ds in raw.items()}
+            raw = {s: strip_html_columns(ds, self.text_columns) for s, ds in raw.items()}
         raw = self._carve_validation(raw)
         splits: dict[str, Any] = {}
         for split, ds in raw.items():
@@ -293,7 +289,7 @@ class TextDataModule(L.LightningDataModule):
         cols = self.label_columns or [self.label_column]
         self.label_names, encoded = encode_labels(
             self.task_type,
-            {"test": _columns(ds, cols)},
+            {"test": columns(ds, cols)},
             self.files,
             self.label_column,
             self.label_columns,
@@ -301,7 +297,9 @@ class TextDataModule(L.LightningDataModule):
             label_source="of the checkpoint",
         )
         ds = ds.remove_columns([c for c in ("labels",) if c in ds.column_names])
-        raw, dropped = self._drop_empty_texts({"test": ds.add_column("labels", encoded["test"])})
+        raw, dropped = drop_empty_texts(
+            {"test": ds.add_column("labels", encoded["test"])}, self.text_columns, self.files
+        )
         if dropped["test"]["count"]:
             log.warning(
                 "data: %d test rows dropped (%s)",
@@ -310,59 +308,9 @@ class TextDataModule(L.LightningDataModule):
             )
         test = raw["test"]
         if self.strip_html:
-            test = self._strip_html(test)
+            test = strip_html_columns(test, self.text_columns)
         test = self._tokenize(test, keep_texts=True).remove_columns("n_tokens")
         self.splits = {"val": test, "test": test}
-
-    def _drop_empty_texts(self, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Drop rows with an empty, whitespace-only or missing text (either text of a pair)."""
-        kept, dropped = {}, {}
-        for split, ds in raw.items():
-            columns = _columns(ds, self.text_columns).values()
-            empty = [
-                i
-                for i, texts in enumerate(zip(*columns, strict=True))
-                if any(t is None or not str(t).strip() for t in texts)
-            ]
-            dropped[split] = {
-                "count": len(empty),
-                "reason": f"empty, whitespace-only or missing {' / '.join(self.text_columns)}",
-                "rows": empty[:MAX_LISTED],  # 0-based data rows of the file (header excluded)
-            }
-            if len(empty) == len(ds):
-                raise DataError(
-                    f"the {split} split has no example with text: all {len(ds)} rows have an "
-                    f"empty or missing {' / '.join(self.text_columns)} ({self.files.get(split)})"
-                )
-            if empty:
-                drop = set(empty)
-                ds = ds.select([i for i in range(len(ds)) if i not in drop])
-            kept[split] = ds
-        return kept, dropped
-
-    def _html_summary(self, train: Any) -> dict[str, Any]:
-        """How many training texts hold HTML tags or entities (before data.strip_html)."""
-        from src.data.html import html_markup
-
-        found = [
-            m
-            for col in _columns(train, self.text_columns).values()
-            for t in col
-            if (m := html_markup(str(t)))
-        ]
-        return {
-            "texts_with_html": len(found),
-            "n_texts": len(train) * len(self.text_columns),
-            "example": found[0] if found else None,
-            "stripped": bool(self.strip_html),
-        }
-
-    def _strip_html(self, ds: Any) -> Any:
-        """data.strip_html=true: tags become spaces, entities their characters."""
-        from src.data.html import strip_html
-
-        cols = self.text_columns
-        return ds.map(lambda b: {c: [strip_html(t) for t in b[c]] for c in cols}, batched=True)
 
     def _report(
         self, raw: dict[str, Any], tokenized: dict[str, Any], dropped: dict[str, Any]
@@ -370,8 +318,8 @@ class TextDataModule(L.LightningDataModule):
         """data_report.json: counts, drops, duplicates and leakage, untruncated token lengths."""
 
         def keys(ds: Any) -> list[Any]:
-            columns = [[str(t).strip() for t in col] for col in _columns(ds, cols).values()]
-            return columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+            texts = [[str(t).strip() for t in col] for col in columns(ds, cols).values()]
+            return texts[0] if len(texts) == 1 else list(zip(*texts, strict=True))
 
         cols = self.text_columns
         test_is_val = raw.get("test") is raw.get("val")
@@ -379,7 +327,7 @@ class TextDataModule(L.LightningDataModule):
         if test_is_val:
             key_lists["test"] = key_lists["val"]
         return build_report(
-            labels={s: _columns(ds, ["labels"])["labels"] for s, ds in raw.items()},
+            labels={s: columns(ds, ["labels"])["labels"] for s, ds in raw.items()},
             task_type=self.task_type,
             keys=key_lists,
             label_names=self.label_names,
@@ -388,7 +336,7 @@ class TextDataModule(L.LightningDataModule):
             token_lengths={
                 "max_length": self.max_length,
                 "splits": {
-                    s: length_summary(_columns(ds, ["n_tokens"])["n_tokens"], self.max_length)
+                    s: length_summary(columns(ds, ["n_tokens"])["n_tokens"], self.max_length)
                     for s, ds in tokenized.items()
                 },
             },
@@ -530,7 +478,7 @@ class TextDataModule(L.LightningDataModule):
         if not all(c in ds.column_names for c in self.text_columns):
             return {}
         order = self._eval_order(split)
-        return {c: [str(v[i]) for i in order] for c, v in _columns(ds, self.text_columns).items()}
+        return {c: [str(v[i]) for i in order] for c, v in columns(ds, self.text_columns).items()}
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.splits[split]
