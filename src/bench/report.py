@@ -61,7 +61,9 @@ def markdown(results: dict[str, Any]) -> str:
             "dev accuracy on the 872 SST-2 dev sentences. `run_glue` pads every example to 128; "
             "`best` is dynamic padding + `group_by_length`. `ftlab` is the default "
             "(`data.group_by_length`: megabatch, as HF), `ftlab_sorted` `data.group_by_length=sorted` "
-            "(`ftlab_megabatch` where `sorted` was the default, in the run at 98245a9). "
+            "(`ftlab_megabatch` where `sorted` was the default, in the run at 98245a9), "
+            "`ftlab_frozen_embeddings` the default with `finetune.frozen=[embeddings]` (a "
+            "different recipe: the embedding tables do not train). "
             "Repetition i uses seed 42 + i for every contestant, "
             "so the accuracies are those of different seeds. Goals: ftlab epoch ≤ 0.2 × run_glue "
             "and ≤ 0.9 × best, at the same dev accuracy (±1 pt).",
@@ -69,12 +71,13 @@ def markdown(results: dict[str, Any]) -> str:
             "| contestant | epoch time (s) | dev accuracy |",
             "|---|---|---|",
         ]
-        for key in ("ftlab", "ftlab_sorted", "ftlab_megabatch", "hf_best", "hf_run_glue"):
+        ftlab_keys = ("ftlab", "ftlab_sorted", "ftlab_megabatch", "ftlab_frozen_embeddings")
+        for key in (*ftlab_keys, "hf_best", "hf_run_glue"):
             if key in r["epoch_s"]:
                 lines.append(f"| {key} | {fmt(r['epoch_s'][key])} | {fmt(r['dev_acc'][key], 4)} |")
         ratios = ", ".join(
             f"{key} / {base.removeprefix('hf_')} = **{r[name]:.3f}**"
-            for key in ("ftlab", "ftlab_sorted", "ftlab_megabatch")
+            for key in ftlab_keys
             for base in ("hf_run_glue", "hf_best")
             if (name := f"ratio_epoch_{key}_over_{base}") in r
         )
