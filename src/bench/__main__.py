@@ -102,7 +102,9 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------------------------ sections
 
 
-def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
+def plain_run(case: str, overrides: list[str], steps: int, work: Path) -> tuple[StepLog, str]:
+    """The plain PyTorch loop on the same config's network and data as the ftlab run of `case`
+    (text: the run's own length grouping and dynamic padding; image: the same workers)."""
     from hydra.utils import instantiate
     from transformers import DataCollatorWithPadding
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -111,6 +113,43 @@ def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
     from src.data.length_grouping import NoisySortedBatchSampler, length_grouping
     from src.data.text_rows import column_values
 
+    cfg, dm, network, precision = setup_baseline(overrides, work)
+    if case == "text":
+        ds = dm.splits["train"]
+        lengths = column_values(ds, "length")
+        g = torch.Generator().manual_seed(cfg.seed)
+        # the same length grouping as the ftlab run (data.group_by_length)
+        sampler = (
+            NoisySortedBatchSampler(cfg.data.batch_size, lengths, g)
+            if length_grouping(cfg.data.group_by_length) == "sorted"
+            else LengthGroupedSampler(cfg.data.batch_size, lengths=lengths, generator=g)
+        )
+        loader = torch.utils.data.DataLoader(
+            ds.remove_columns("length"),
+            batch_size=cfg.data.batch_size,
+            sampler=sampler,
+            collate_fn=DataCollatorWithPadding(dm.tokenizer),
+        )
+    else:
+        workers = int(cfg.data.num_workers)
+        loader = torch.utils.data.DataLoader(
+            dm.splits["train"],
+            batch_size=cfg.data.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+    steplog = plain_loop(
+        network,
+        loader,
+        instantiate(cfg.optimizer),  # the same optimizer settings (fused AdamW)
+        max_steps=steps,
+        precision=precision,
+    )
+    return steplog, precision
+
+
+def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
     cases = {
         # 60 steps of 32 sentences (a 2,058-sentence slice), the first 5 are warm-up
         "text": (
@@ -133,44 +172,16 @@ def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
         ]
         ftlab_sps, plain_sps, ratios = [], [], []
         for rep in range(reps):
-            log(f"overhead/{name} rep {rep + 1}/{reps}: ftlab")
-            steplog, _ = ftlab_run(run_overrides, work, f"overhead_{name}")
-            ftlab_sps.append(steplog.throughput(warmup))
-            log(f"overhead/{name} rep {rep + 1}/{reps}: plain loop")
-            cfg, dm, network, precision = setup_baseline(run_overrides, work)
-            if name == "text":
-                ds = dm.splits["train"]
-                lengths = column_values(ds, "length")
-                g = torch.Generator().manual_seed(cfg.seed)
-                # the same length grouping as the ftlab run (data.group_by_length)
-                sampler = (
-                    NoisySortedBatchSampler(cfg.data.batch_size, lengths, g)
-                    if length_grouping(cfg.data.group_by_length) == "sorted"
-                    else LengthGroupedSampler(cfg.data.batch_size, lengths=lengths, generator=g)
-                )
-                loader = torch.utils.data.DataLoader(
-                    ds.remove_columns("length"),
-                    batch_size=cfg.data.batch_size,
-                    sampler=sampler,
-                    collate_fn=DataCollatorWithPadding(dm.tokenizer),
-                )
-            else:
-                workers = int(cfg.data.num_workers)
-                loader = torch.utils.data.DataLoader(
-                    dm.splits["train"],
-                    batch_size=cfg.data.batch_size,
-                    shuffle=True,
-                    num_workers=workers,
-                    persistent_workers=workers > 0,
-                )
-            steplog = plain_loop(
-                network,
-                loader,
-                instantiate(cfg.optimizer),  # the same optimizer settings (fused AdamW)
-                max_steps=steps,
-                precision=precision,
-            )
-            plain_sps.append(steplog.throughput(warmup))
+            # contestants alternate: ftlab first in even repetitions, the plain loop in odd ones
+            order = ("ftlab", "plain loop") if rep % 2 == 0 else ("plain loop", "ftlab")
+            for contestant in order:
+                log(f"overhead/{name} rep {rep + 1}/{reps}: {contestant}")
+                if contestant == "ftlab":
+                    steplog, _ = ftlab_run(run_overrides, work, f"overhead_{name}")
+                    ftlab_sps.append(steplog.throughput(warmup))
+                else:
+                    steplog, precision = plain_run(name, run_overrides, steps, work)
+                    plain_sps.append(steplog.throughput(warmup))
             ratios.append(ftlab_sps[-1] / plain_sps[-1])
             log(f"  ftlab {ftlab_sps[-1]:.1f}/s  plain {plain_sps[-1]:.1f}/s")
         out[name] = {
