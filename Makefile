@@ -16,7 +16,8 @@ install: $(STAMP)
 # Re-runs only when pyproject.toml or this Makefile changes; `pip install` is idempotent.
 # pip writes bytecode as it installs (its default): where PYTHONDONTWRITEBYTECODE is set, as on
 # CI, nothing else ever will, and every `python -m src.train` then recompiles torch, torchvision
-# and Lightning from source: 14 s instead of 7 s to import lightning on 2 cores.
+# and Lightning from source: 15.7 s instead of 6.5 s to import lightning on 2 cores
+# (experiments/bench/bytecode.json).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
