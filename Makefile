@@ -14,9 +14,9 @@ ARGS ?=
 install: $(STAMP)
 
 # Re-runs only when pyproject.toml or this Makefile changes; `pip install` is idempotent.
-# pip writes bytecode as it installs (its default): where PYTHONDONTWRITEBYTECODE is set, as on
-# CI, nothing else ever will, and every `python -m src.train` then recompiles torch, torchvision
-# and Lightning from source: 15.7 s instead of 6.5 s to import lightning on 2 cores
+# pip writes bytecode as it installs (its default). Where PYTHONDONTWRITEBYTECODE is set, as on
+# this machine, nothing else ever will, and every `python -m src.train` would recompile torch,
+# torchvision and Lightning from source: 15.7 s instead of 6.5 s to import lightning on 2 cores
 # (experiments/bench/bytecode.json).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
