@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from src.bench.__main__ import ROOT, _first_step_after, _subprocess_run
+from src.bench.__main__ import ROOT, _first_step_after, _subprocess_run, startup_args
 
 REPS = 5
 OUT = Path(__file__).with_name("bytecode.json")
@@ -36,16 +36,9 @@ def import_seconds(env: dict[str, str]) -> float:
 
 def first_step_seconds(env: dict[str, str], work: Path, tag: str) -> float:
     run = work / tag
-    args = [
-        "task=sentiment",
-        "model=bert",
-        "test=false",
-        "trainer.max_steps=1",
-        f"hydra.run.dir={run}",
-        "+callbacks.step_timer._target_=src.bench.timing.StepTimer",
-        f"+callbacks.step_timer.out={run / 'steps.json'}",
-    ]
-    launched, _, _ = _subprocess_run(args, env, work / f"{tag}.log")
+    launched, _, _ = _subprocess_run(
+        startup_args(run, "trainer.max_steps=1"), env, work / f"{tag}.log"
+    )
     return _first_step_after(launched, run)
 
 

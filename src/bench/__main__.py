@@ -342,6 +342,20 @@ def _subprocess_run(args: list[str], env: dict[str, str], log_file: Path) -> tup
     return launched, main_peak, tree_peak
 
 
+def startup_args(run_dir: Path, *extra: str) -> list[str]:
+    """The README's main job (`task=sentiment model=bert`, no test pass) in `run_dir`, with the
+    step timer that records its first training step."""
+    return [
+        "task=sentiment",
+        "model=bert",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.step_timer._target_=src.bench.timing.StepTimer",
+        f"+callbacks.step_timer.out={run_dir / 'steps.json'}",
+        *extra,
+    ]
+
+
 def _first_step_after(launched: float, run_dir: Path) -> float:
     steps = json.loads((run_dir / "steps.json").read_text())
     return steps["first_step_wall"] - launched
@@ -354,29 +368,20 @@ def bench_startup_and_memory(work: Path, reps: int, sections: set[str]) -> dict[
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env["FTLAB_CACHE_DIR"] = str(cache)
 
-    def args(run_dir: Path, *extra: str) -> list[str]:
-        return [
-            "task=sentiment",
-            "model=bert",
-            "test=false",
-            f"hydra.run.dir={run_dir}",
-            "+callbacks.step_timer._target_=src.bench.timing.StepTimer",
-            f"+callbacks.step_timer.out={run_dir / 'steps.json'}",
-            *extra,
-        ]
-
     out: dict[str, Any] = {}
     log("startup: cold tokenization cache (full SST-2 train set)")
     run = work / "startup_cold"
     launched, cold_main, cold_tree = _subprocess_run(
-        args(run, "trainer.max_steps=1"), env, work / "cold.log"
+        startup_args(run, "trainer.max_steps=1"), env, work / "cold.log"
     )
     cold = _first_step_after(launched, run)
     warm = []
     for rep in range(reps):
         log(f"startup: warm cache rep {rep + 1}/{reps}")
         run = work / f"startup_warm{rep}"
-        launched, _, _ = _subprocess_run(args(run, "trainer.max_steps=1"), env, work / "warm.log")
+        launched, _, _ = _subprocess_run(
+            startup_args(run, "trainer.max_steps=1"), env, work / "warm.log"
+        )
         warm.append(_first_step_after(launched, run))
     prep = []
     for _ in range(reps):
@@ -396,7 +401,7 @@ def bench_startup_and_memory(work: Path, reps: int, sections: set[str]) -> dict[
         log("memory: SST-2, 100 steps")
         run = work / "mem_sst2"
         _, main_peak, tree_peak = _subprocess_run(
-            args(run, "trainer.max_steps=100"), env, work / "mem_sst2.log"
+            startup_args(run, "trainer.max_steps=100"), env, work / "mem_sst2.log"
         )
         mem["sst2_100_steps"] = {"main": main_peak, "tree": tree_peak}
         log("memory: hymenoptera, 2 epochs")

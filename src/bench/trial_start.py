@@ -5,8 +5,8 @@ For MiniLM on an SST-2 slice and mobilenet_v2 on hymenoptera, each repetition ru
 sweep per start mode (cold and warm alternating, so drift in machine load hits both) of
 `--trials` trials that stop after 3 training steps; the sweeper records each trial's `startup_s`
 (launch to first training step, src/sweep/trial_outcome.py). Reported: the median over every
-trial of a mode, and warm / cold. The first warm trial of a sweep also waits for the forkserver's imports
-(they overlap the study's set-up); it is in the medians like the others.
+trial of a mode, and warm / cold. The first warm trial of a sweep also waits for the
+forkserver's imports (they overlap the study's set-up); it is in the medians like the others.
 
 Writes `<out>/results.json` and `<out>/REPORT.md` (default experiments/sweeps/trial_start/).
 """
