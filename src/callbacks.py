@@ -57,7 +57,10 @@ class BestValMetrics(Callback):
 
 
 def checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
-    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    """The checkpoint callback that keeps the best by a monitor (not the ones writing last.ckpt)."""
+    return next(
+        (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None
+    )
 
 
 class NonFiniteLossError(FtlabError):

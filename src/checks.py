@@ -119,6 +119,13 @@ def check_train_config(cfg: DictConfig) -> None:
     _positive(cfg.data.batch_size, "data.batch_size", int, 1)
     _positive(cfg.data.get("eval_batch_size", 1), "data.eval_batch_size", int, 1)
     check_epochs(cfg.trainer)
+    steps = OmegaConf.select(cfg, "callbacks.model_checkpoint.every_n_train_steps")
+    if steps is not None:  # before: best + last.ckpt every N steps, and no best per validation
+        raise ConfigError(
+            f"callbacks.model_checkpoint.every_n_train_steps={steps!r}: mid-epoch saves of "
+            f"last.ckpt are now callbacks.step_checkpoint.every_n_train_steps={steps!r}; the best "
+            "checkpoint is chosen after each validation"
+        )
     if (cfg.get("finetune") or {}).get("strategy") == "phases":
         from src.phases import check_phases_run  # no torch: cheap
 

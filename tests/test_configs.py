@@ -115,3 +115,25 @@ def test_bad_values_fail_early_with_the_value_named(override: str, needle: str) 
         check_train_config(cfg)
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_checkpoint_callbacks_instantiate_and_the_moved_step_key_names_its_new_place(
+    tmp_path: Path,
+) -> None:
+    """The best-by-monitor callback, the per-epoch last.ckpt and the optional mid-epoch one are
+    three ModelCheckpoints (Lightning's takes epochs or steps, not both); the old place of
+    every_n_train_steps is an error that names the new one."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train(
+        "callbacks.step_checkpoint.every_n_train_steps=5", f"paths.output_dir={tmp_path}"
+    )
+    made = {k: instantiate(v) for k, v in cfg.callbacks.items() if "checkpoint" in k}
+    assert made["model_checkpoint"].monitor == "val/acc" and not made["model_checkpoint"].save_last
+    assert made["model_checkpoint"].every_n_epochs == 1
+    assert made["last_checkpoint"].every_n_epochs == 1 and made["last_checkpoint"].monitor is None
+    assert made["step_checkpoint"]._every_n_train_steps == 5
+    assert made["step_checkpoint"].every_n_epochs == 0
+    assert {m.filename for k, m in made.items() if k != "model_checkpoint"} == {"last"}
+    with pytest.raises(ConfigError, match="callbacks.step_checkpoint.every_n_train_steps=200"):
+        check_train_config(compose_train("callbacks.model_checkpoint.every_n_train_steps=200"))

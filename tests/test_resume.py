@@ -20,7 +20,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tests.conftest import QUIET, ROOT, read_metrics, run_cli
+from tests.conftest import QUIET, ROOT, read_metrics, run_cli, tiny_text_overrides
 
 STEPS_PER_EPOCH = 15  # 120 training sentences (160, a quarter carved for val) / batch 8
 KILL_AT_STEP = 23  # in the second epoch, 8 steps in
@@ -94,7 +94,7 @@ def resume_args(tiny_bert: Path, data: Path, run_dir: Path, trace: Path, *extra:
         "trainer.accelerator=cpu",
         "test=false",
         "callbacks.early_stopping=null",
-        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "callbacks.step_checkpoint.every_n_train_steps=1",
         "+callbacks.trace._target_=tests.test_resume.WeightTrace",
         f"+callbacks.trace.path={trace}",
         f"paths.cache_dir={run_dir.parent / 'cache'}",
@@ -180,6 +180,35 @@ def test_resumed_run_ends_with_the_same_weights_optimizer_and_metrics(runs) -> N
     assert resumed["global_step"] == full["global_step"]
     for key in ("val/acc", "val/loss", "val/f1"):
         assert resumed[key] == pytest.approx(full[key], rel=1e-5), key
+
+
+def test_a_kill_after_epochs_without_improvement_resumes_from_the_last_epoch(
+    tiny_bert: Path, tiny_text_data: Path, tmp_path: Path
+) -> None:
+    """last.ckpt follows every epoch, not only the ones that improved the monitor: Lightning 2.6
+    writes `save_last` copies only beside a new top-k checkpoint, so a run whose val/acc stalled
+    after epoch 0 resumed from epoch 0 and trained the lost epochs again. An LR too small to move
+    the weights keeps val/acc tied from epoch 0 on; the kill comes 5 steps into epoch 2."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "src.train",
+        *tiny_text_overrides(tiny_bert, tiny_text_data),
+        "optimizer.lr=1e-12",
+        "scheduler=constant",
+        "trainer.max_epochs=3",
+        "test=false",
+        "callbacks.early_stopping=null",
+        "+callbacks.kill._target_=tests.test_resume.SigkillAtStep",
+        f"+callbacks.kill.step={2 * STEPS_PER_EPOCH + 5}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch00-step15.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2 * STEPS_PER_EPOCH and last["epoch"] == 1
 
 
 # --------------------------------------------------------------------------- atomic checkpoints

@@ -19,7 +19,16 @@ from src.errors import ConfigError
 from src.sweep.slurm import JOBS_ATTR, SlurmSettings, job_states, worker_argv
 from src.sweep.study import retry_of
 from tests.conftest import ROOT, read_metrics
-from tests.test_sweep import FINISHED, _env, _trials_if_created, load, search_config, sweep_cmd
+from tests.test_sweep import (
+    FINISHED,
+    LONG_EPOCHS,
+    _env,
+    _trials_if_created,
+    load,
+    long_trials,
+    search_config,
+    sweep_cmd,
+)
 
 SLURM = [
     "hydra.sweeper.launcher=slurm",
@@ -186,7 +195,8 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
     at once with follow=false, is re-run while a job still runs: it submits no duplicate."""
     search_config(tmp_path, "cancel", n_trials=2)
     sweep_dir = tmp_path / "sweep"
-    cmd = sweep_cmd("cancel", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    cmd = long_trials(sweep_cmd("cancel", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM))
+    epochs = LONG_EPOCHS  # the victim: in its first half
     try:
         submitted = subprocess.run(
             [*cmd, "hydra.sweeper.slurm.follow=false"],
@@ -204,9 +214,7 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
         while time.time() < deadline and victim is None:
             for t in _trials_if_created(sweep_dir, "cancel"):
                 ckpt = sweep_dir / f"trial_{t.number}" / "checkpoints" / "last.ckpt"
-                # before its last epochs: cancelled after its final checkpoint, the retry would
-                # resume with nothing left to train and report no value (seen once in CI)
-                early = max(t.intermediate_values, default=0) <= 2
+                early = max(t.intermediate_values, default=0) <= epochs // 2
                 if (
                     t.state == TrialState.RUNNING
                     and "slurm_job" in t.user_attrs
@@ -247,11 +255,13 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
         # after epoch 2 or later (steps count validations), and it trained to the end
         assert retry.user_attrs["run_dir"] == victim.user_attrs["run_dir"]
         assert min(retry.intermediate_values) >= 2, retry.intermediate_values
-        assert max(retry.intermediate_values) == 4, retry.intermediate_values
+        assert max(retry.intermediate_values) == epochs, retry.intermediate_values
         assert "resume=true" in (Path(retry.user_attrs["run_dir"]) / "trial.log").read_text()
         (other,) = [t for t in finished if t.number != retry.number]  # never interrupted
         steps = read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"]
-        assert steps == read_metrics(Path(other.user_attrs["run_dir"]))["global_step"] == 60
+        assert (
+            steps == read_metrics(Path(other.user_attrs["run_dir"]))["global_step"] == epochs * 15
+        )
         params = [tuple(sorted(t.params.items())) for t in finished]
         assert len(set(params)) == 2, params
         deadline = time.time() + 90
@@ -271,7 +281,7 @@ def test_a_worker_job_at_its_time_limit_requeues_itself_and_its_trial_resumes(
     itself; the requeued job continues the trial from its last.ckpt to the same global step."""
     search_config(tmp_path, "requeue", n_trials=1)
     sweep_dir = tmp_path / "sweep"
-    cmd = sweep_cmd("requeue", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    cmd = long_trials(sweep_cmd("requeue", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM))
     cmd += ["hydra.sweeper.slurm.workers=1", "hydra.sweeper.slurm.follow=false"]
     try:
         submitted = subprocess.run(
@@ -306,7 +316,7 @@ def test_a_worker_job_at_its_time_limit_requeues_itself_and_its_trial_resumes(
         assert retry.user_attrs["slurm_job"] == job  # the same job, requeued
         assert retry.user_attrs["run_dir"] == first.user_attrs["run_dir"]
         assert min(retry.intermediate_values) >= 2, retry.intermediate_values
-        assert read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"] == 60  # 4 x 15
+        assert read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"] == LONG_EPOCHS * 15
     finally:
         _cancel_all(sweep_dir, "requeue")
 
@@ -322,7 +332,7 @@ def test_a_worker_job_requeued_by_scontrol_resumes_its_trial_from_its_checkpoint
     follower started while the job is being requeued submits no second job."""
     search_config(tmp_path, "scontrol", n_trials=1)
     sweep_dir = tmp_path / "sweep"
-    cmd = sweep_cmd("scontrol", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM)
+    cmd = long_trials(sweep_cmd("scontrol", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM))
     cmd += ["hydra.sweeper.slurm.workers=1"]
     follower = None
     try:
@@ -370,15 +380,19 @@ def test_a_worker_job_requeued_by_scontrol_resumes_its_trial_from_its_checkpoint
         assert retry.user_attrs["run_dir"] == first.user_attrs["run_dir"]
         # continued, not restarted: the retry's reports go on after the first attempt's
         assert min(retry.intermediate_values) >= 2, retry.intermediate_values
-        assert max(retry.intermediate_values) == 4, retry.intermediate_values
+        assert max(retry.intermediate_values) == LONG_EPOCHS, retry.intermediate_values
         # ... from a checkpoint the first attempt wrote: a report reaches the study just before its
         # epoch's last.ckpt is written, so a kill between the two redoes that one epoch, no more
-        assert min(retry.intermediate_values) <= max(first.intermediate_values) + 1, (
+        assert (
+            max(first.intermediate_values)
+            <= min(retry.intermediate_values)
+            <= max(first.intermediate_values) + 1
+        ), (
             first.intermediate_values,
             retry.intermediate_values,
         )
         assert "resume=true" in (sweep_dir / "trial_0" / "trial.log").read_text()
-        assert read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"] == 60  # 4 x 15
+        assert read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"] == LONG_EPOCHS * 15
     finally:
         if follower is not None:
             follower.kill()
