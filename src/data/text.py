@@ -86,7 +86,7 @@ class TextDataModule(L.LightningDataModule):
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int = 128,
-        group_by_length: bool | str = "megabatch",
+        group_by_length: bool | str = "sorted",
         num_workers: int = 0,
         cache_dir: str = ".cache/tokenized",
         seed: int = 42,
