@@ -58,12 +58,11 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"MiniLM on {r['train_sentences']} SST-2 training sentences, 1 epoch, batch 32, "
             "lr 1e-4, linear warmup 6%, weight decay 0.01, bf16 autocast where ftlab uses it; "
-            "dev accuracy on the 872 SST-2 dev sentences. `run_glue` pads every example to 128; "
-            "`best` is dynamic padding + `group_by_length`. `ftlab` is the default "
-            "(`data.group_by_length`: megabatch, as HF), `ftlab_sorted` `data.group_by_length=sorted` "
-            "(`ftlab_megabatch` where `sorted` was the default, in the run at 98245a9), "
-            "`ftlab_frozen_embeddings` the default with `finetune.frozen=[embeddings]` (a "
-            "different recipe: the embedding tables do not train). "
+            "dev accuracy on the 872 SST-2 dev sentences. `run_glue` pads every example to 128 "
+            "(only with `--reps-padded N`); `best` is dynamic padding + `group_by_length`. "
+            "`ftlab` is the default (`data.group_by_length=sorted`), `ftlab_megabatch` groups as "
+            "HF does (in earlier reports: `ftlab` was megabatch and `ftlab_sorted` sorted; "
+            "`ftlab_frozen_embeddings` froze the embedding tables). "
             "Repetition i uses seed 42 + i for every contestant, "
             "so the accuracies are those of different seeds. Goals: ftlab epoch ≤ 0.2 × run_glue "
             "and ≤ 0.9 × best, at the same dev accuracy (±1 pt).",
