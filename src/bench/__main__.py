@@ -157,7 +157,7 @@ def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
             60,
             5,
         ),
-        # four epochs of hymenoptera (8 batches each, 245 images, the last epoch 6): 25 timed
+        # four epochs of hymenoptera (8 batches each, 245 images, the last epoch 6): 24 timed
         # steps, the first 2 are warm-up and the steps across an epoch boundary (ftlab validates
         # there, on one batch: validation is never timed) are not. Two epochs (12 timed steps)
         # left a repetition's ratio to noise (0.84-0.97).
