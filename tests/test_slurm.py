@@ -196,7 +196,6 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
     search_config(tmp_path, "cancel", n_trials=2)
     sweep_dir = tmp_path / "sweep"
     cmd = long_trials(sweep_cmd("cancel", tmp_path, sweep_dir, tiny_bert, tiny_text_data, *SLURM))
-    epochs = LONG_EPOCHS  # the victim: in its first half
     try:
         submitted = subprocess.run(
             [*cmd, "hydra.sweeper.slurm.follow=false"],
@@ -214,7 +213,7 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
         while time.time() < deadline and victim is None:
             for t in _trials_if_created(sweep_dir, "cancel"):
                 ckpt = sweep_dir / f"trial_{t.number}" / "checkpoints" / "last.ckpt"
-                early = max(t.intermediate_values, default=0) <= epochs // 2
+                early = max(t.intermediate_values, default=0) <= LONG_EPOCHS // 2  # first half
                 if (
                     t.state == TrialState.RUNNING
                     and "slurm_job" in t.user_attrs
@@ -255,12 +254,14 @@ def test_scancel_of_a_worker_job_retries_its_trial_from_its_checkpoint(
         # after epoch 2 or later (steps count validations), and it trained to the end
         assert retry.user_attrs["run_dir"] == victim.user_attrs["run_dir"]
         assert min(retry.intermediate_values) >= 2, retry.intermediate_values
-        assert max(retry.intermediate_values) == epochs, retry.intermediate_values
+        assert max(retry.intermediate_values) == LONG_EPOCHS, retry.intermediate_values
         assert "resume=true" in (Path(retry.user_attrs["run_dir"]) / "trial.log").read_text()
         (other,) = [t for t in finished if t.number != retry.number]  # never interrupted
         steps = read_metrics(Path(retry.user_attrs["run_dir"]))["global_step"]
         assert (
-            steps == read_metrics(Path(other.user_attrs["run_dir"]))["global_step"] == epochs * 15
+            steps
+            == read_metrics(Path(other.user_attrs["run_dir"]))["global_step"]
+            == LONG_EPOCHS * 15
         )
         params = [tuple(sorted(t.params.items())) for t in finished]
         assert len(set(params)) == 2, params
