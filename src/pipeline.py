@@ -205,11 +205,14 @@ def preflight_data(cfg: DictConfig) -> None:
         preflight_text_data(data)
 
 
-def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, report_to_sweep: bool = True, extra_callbacks: list | None = None
+) -> dict[str, Any]:
     """Fit and test; write metrics.json into the run dir; return the metrics.
 
     `report_to_sweep=False`: a cross-validation fold, whose per-epoch values the sweep's pruner
-    must not see (src/cv.py reports the running CV mean instead)."""
+    must not see (src/cv.py reports the running CV mean instead). `extra_callbacks`: Lightning
+    callbacks beside the config's (e.g. `make bench`'s plain loop, src/bench/overhead.py)."""
     started = time.time()
     check_train_config(cfg)  # before the heavy imports: a bad value is reported at once
     preflight_data(cfg)  # files, columns and labels (image tables: image files), pandas only
@@ -244,6 +247,7 @@ def train(cfg: DictConfig, report_to_sweep: bool = True) -> dict[str, Any]:
             analysis,
             *finetune_callbacks(cfg.get("finetune")),
             *(sweep_callbacks(cfg) if report_to_sweep else []),
+            *(extra_callbacks or []),
         ],
     )
     if trainer.is_global_zero:  # <run dir>/data_report.json and TensorBoard's text tab

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from src.bench.__main__ import setup_baseline
 from src.bench.plain import _autocast
+from src.bench.runs import setup_baseline
 from src.data.image import build_transforms
 
 REPS, STEPS, WARMUP = 3, 8, 2

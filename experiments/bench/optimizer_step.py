@@ -21,8 +21,8 @@ import torch
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from src.bench.__main__ import setup_baseline
 from src.bench.plain import _autocast
+from src.bench.runs import setup_baseline
 from src.data.text_rows import column_values
 
 STEPS, WARMUP, REPS = 40, 5, 3

@@ -5,8 +5,9 @@ each repetition (so drift in machine load hits both), reported as the median ove
 with the spread (min-max). Writes experiments/bench/REPORT.md and results.json.
 
 Sections:
-  overhead  ftlab's Lightning loop vs a minimal PyTorch loop: samples/s, same model/data/batch/
-            precision/threads (MiniLM on an SST-2 slice; mobilenet_v2 on hymenoptera)
+  overhead  ftlab's Lightning loop vs a minimal PyTorch loop, in turns in one run: samples/s, same
+            model/data/batch/precision/threads (MiniLM on an SST-2 slice; mobilenet_v2 on
+            hymenoptera; src/bench/overhead.py)
   hf        text pipeline vs transformers' Trainer, padded to 128 (run_glue) and at its best
             (dynamic padding + group_by_length): epoch time and dev accuracy
   cache     feature extraction with the frozen-feature cache vs recomputing: epoch 2+ time
@@ -33,176 +34,15 @@ from typing import Any
 
 import torch
 
+from src.bench.overhead import bench_overhead
 from src.bench.report import markdown
-from src.bench.timing import StepLog
+from src.bench.runs import ROOT, compose, ftlab_run, log, setup_baseline, stats
 
-ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "experiments" / "bench"
 SECTIONS = ("overhead", "hf", "cache", "startup", "memory", "inference", "contention")
 
 
-# ------------------------------------------------------------------------------------ helpers
-
-
-def compose(overrides: list[str], out_dir: Path, cache_dir: Path | None = None):
-    """The composed train config, writing into `out_dir`, with the step timer attached."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import src  # noqa: F401  (resolvers)
-
-    extra = [
-        f"paths.output_dir={out_dir}",
-        "+callbacks.step_timer._target_=src.bench.timing.StepTimer",
-        f"+callbacks.step_timer.out={out_dir / 'steps.json'}",
-    ]  # the default callbacks (progress bar included): ftlab as users run it
-    if cache_dir is not None:
-        extra.append(f"paths.cache_dir={cache_dir}")
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return hydra_compose("train", overrides=[*overrides, *extra])
-
-
-def ftlab_run(overrides: list[str], work: Path, tag: str) -> tuple[StepLog, dict[str, Any]]:
-    """One real ftlab run (src.pipeline.train, in this process): its StepLog and metrics."""
-    from src.pipeline import train
-
-    out = work / f"{tag}_{time.monotonic_ns()}"
-    metrics = train(compose(overrides, out))
-    return StepLog.from_dict(json.loads((out / "steps.json").read_text())), metrics
-
-
-def setup_baseline(overrides: list[str], work: Path):
-    """The same config's data module (set up) and a fresh network, built by ftlab's builders."""
-    import lightning as L
-
-    from src.models.networks import build_network
-    from src.pipeline import build_datamodule, resolve_precision
-
-    cfg = compose(overrides, work / "baseline")
-    L.seed_everything(cfg.seed, verbose=False)
-    dm = build_datamodule(cfg, "fit")
-    network = build_network(cfg.model, dm.label_names)
-    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    return cfg, dm, network, str(precision)
-
-
-def stats(values: list[float]) -> dict[str, Any]:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "runs": values,
-    }
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------------------------ sections
-
-
-def plain_run(case: str, overrides: list[str], steps: int, work: Path) -> tuple[StepLog, str]:
-    """The plain PyTorch loop on the same config's network and data as the ftlab run of `case`
-    (text: the run's own length grouping and dynamic padding; image: the same workers)."""
-    from hydra.utils import instantiate
-    from transformers import DataCollatorWithPadding
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    from src.bench.plain import plain_loop
-    from src.data.length_grouping import NoisySortedBatchSampler, length_grouping
-    from src.data.text_rows import column_values
-
-    cfg, dm, network, precision = setup_baseline(overrides, work)
-    if case == "text":
-        ds = dm.splits["train"]
-        lengths = column_values(ds, "length")
-        g = torch.Generator().manual_seed(cfg.seed)
-        # the same length grouping as the ftlab run (data.group_by_length)
-        sampler = (
-            NoisySortedBatchSampler(cfg.data.batch_size, lengths, g)
-            if length_grouping(cfg.data.group_by_length) == "sorted"
-            else LengthGroupedSampler(cfg.data.batch_size, lengths=lengths, generator=g)
-        )
-        loader = torch.utils.data.DataLoader(
-            ds.remove_columns("length"),
-            batch_size=cfg.data.batch_size,
-            sampler=sampler,
-            collate_fn=DataCollatorWithPadding(dm.tokenizer),
-        )
-    else:
-        workers = int(cfg.data.num_workers)
-        loader = torch.utils.data.DataLoader(
-            dm.splits["train"],
-            batch_size=cfg.data.batch_size,
-            shuffle=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
-    steplog = plain_loop(
-        network,
-        loader,
-        instantiate(cfg.optimizer),  # the same optimizer settings (fused AdamW)
-        max_steps=steps,
-        precision=precision,
-    )
-    return steplog, precision
-
-
-def bench_overhead(work: Path, reps: int) -> dict[str, Any]:
-    cases = {
-        # 60 steps of 32 sentences (a 2,058-sentence slice), the first 5 are warm-up
-        "text": (
-            ["task=sentiment", "model=bert", "data.limit_train=2100", "optimizer.lr=1e-4"],
-            60,
-            5,
-        ),
-        # four epochs of hymenoptera (8 batches each, 245 images, the last epoch 6): 24 timed
-        # steps, the first 2 are warm-up and the steps across an epoch boundary (ftlab validates
-        # there, on one batch: validation is never timed) are not. Two epochs (12 timed steps)
-        # left a repetition's ratio to noise (0.84-0.97).
-        "image": (
-            [
-                "task=hymenoptera",
-                "model=mobilenet_v2",
-                "optimizer.lr=1e-3",
-                "trainer.limit_val_batches=1",
-            ],
-            30,
-            2,
-        ),
-    }
-    out: dict[str, Any] = {}
-    for name, (overrides, steps, warmup) in cases.items():
-        run_overrides = [
-            *overrides,
-            f"trainer.max_steps={steps}",
-            "trainer.max_epochs=100",  # max_steps decides
-            "test=false",
-        ]
-        ftlab_sps, plain_sps, ratios = [], [], []
-        for rep in range(reps):
-            # contestants alternate: ftlab first in even repetitions, the plain loop in odd ones
-            order = ("ftlab", "plain loop") if rep % 2 == 0 else ("plain loop", "ftlab")
-            for contestant in order:
-                log(f"overhead/{name} rep {rep + 1}/{reps}: {contestant}")
-                if contestant == "ftlab":
-                    steplog, _ = ftlab_run(run_overrides, work, f"overhead_{name}")
-                    ftlab_sps.append(steplog.throughput(warmup))
-                else:
-                    steplog, precision = plain_run(name, run_overrides, steps, work)
-                    plain_sps.append(steplog.throughput(warmup))
-            ratios.append(ftlab_sps[-1] / plain_sps[-1])
-            log(f"  ftlab {ftlab_sps[-1]:.1f}/s  plain {plain_sps[-1]:.1f}/s")
-        out[name] = {
-            "overrides": run_overrides,
-            "timed_steps": steplog.timed_steps(warmup),
-            "precision": precision,
-            "ftlab_samples_per_s": stats(ftlab_sps),
-            "plain_samples_per_s": stats(plain_sps),
-            "ratio_ftlab_over_plain": stats(ratios),
-        }
-    return out
 
 
 def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
@@ -414,19 +254,19 @@ def bench_startup_and_memory(work: Path, reps: int, sections: set[str]) -> dict[
             startup_args(run, "trainer.max_steps=100"), env, work / "mem_sst2.log"
         )
         mem["sst2_100_steps"] = {"main": main_peak, "tree": tree_peak}
-        log("memory: hymenoptera, 2 epochs")
+        log("memory: hymenoptera, 1 epoch")
         run = work / "mem_hym"
         _, main_peak, tree_peak = _subprocess_run(
             [
                 "task=hymenoptera",
                 "model=mobilenet_v2",
-                "trainer.max_epochs=2",
+                "trainer.max_epochs=1",  # its peak: training, then validation, then test
                 f"hydra.run.dir={run}",
             ],
             env,
             work / "mem_hym.log",
         )
-        mem["hymenoptera_2_epochs"] = {"main": main_peak, "tree": tree_peak}
+        mem["hymenoptera_1_epoch"] = {"main": main_peak, "tree": tree_peak}
         out["memory_bytes"] = mem
     return out
 
@@ -525,12 +365,12 @@ def main() -> None:
         if "inference" in sections:
             from src.bench.inference import bench_inference
 
-            results["inference"] = bench_inference(work, args.reps, stats, ftlab_run, log)
+            results["inference"] = bench_inference(work, args.reps)
             save()
         if "contention" in sections:
             from src.bench.contention import bench_contention
 
-            results["contention"] = bench_contention(work, args.reps, stats, log)
+            results["contention"] = bench_contention(work, args.reps)
             save()
     log(f"wrote {args.out / 'REPORT.md'} ({results['bench_wall_s']:.0f} s)")
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from src.bench.runs import log, stats
 from src.bench.timing import StepLog
 
 RUN = [
@@ -70,8 +71,6 @@ VARIANTS = {
 def bench_contention(
     work: Path,
     reps: int,
-    stats: Callable,
-    log: Callable,
     variants: dict[str, dict[str, str]] | None = None,
     baseline_reps: int = 1,
 ) -> dict[str, Any]:

@@ -121,12 +121,11 @@ def percentile(values: list[float], q: float) -> float:
     return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q).item())
 
 
-def bench_inference(
-    work: Path, reps: int, stats: Callable, ftlab_run: Callable, log: Callable
-) -> dict[str, Any]:
+def bench_inference(work: Path, reps: int) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
 
     from src.bench.record import ROOT
+    from src.bench.runs import ftlab_run, log, stats
     from src.export import QUANTIZED, export
 
     log("inference: fine-tuning the checkpoint to serve")

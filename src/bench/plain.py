@@ -22,45 +22,59 @@ def _autocast(precision: str):
     return contextlib.nullcontext()
 
 
-def plain_loop(
-    network: torch.nn.Module,
-    loader: DataLoader,
-    make_optimizer: Any,
-    max_steps: int,
-    precision: str,
-    warmup_fraction: float = 0.06,
-) -> StepLog:
-    """`make_optimizer(param_groups)` (the run's own optimizer config, e.g. fused AdamW) over the
+class PlainLoop:
+    """A minimal PyTorch training loop, one step per `step()` call, cycling over `loader`'s epochs.
+
+    `make_optimizer(param_groups)` (the run's own optimizer config, e.g. fused AdamW) over the
     run's param groups (one per layer group, weight decay off for biases and norms: the same
     update as the ftlab run, so only the loop around it differs) + transformers' linear warmup
-    schedule, grad-norm clipping at 1.0, autocast."""
-    from transformers import get_linear_schedule_with_warmup
+    schedule over `max_steps`, grad-norm clipping at 1.0, autocast. Each step's end goes into
+    `self.steps` (a StepLog)."""
 
-    from src.optim import discriminative_param_groups
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        loader: DataLoader,
+        make_optimizer: Any,
+        max_steps: int,
+        precision: str,
+        warmup_fraction: float = 0.06,
+    ) -> None:
+        from transformers import get_linear_schedule_with_warmup
 
-    network.train()
-    lr = make_optimizer.keywords["lr"]
-    weight_decay = make_optimizer.keywords.get("weight_decay", 0.0)
-    optimizer = make_optimizer(discriminative_param_groups(network, lr, 1.0, weight_decay))
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(warmup_fraction * max_steps), max_steps
-    )
-    steps = StepLog()
-    while len(steps.step_ends) < max_steps:
-        steps.epoch_start()
-        for batch in loader:
-            with _autocast(precision):
-                logits = network(batch)
+        from src.optim import discriminative_param_groups
+
+        self.network, self.loader, self.precision = network.train(), loader, precision
+        lr = make_optimizer.keywords["lr"]
+        weight_decay = make_optimizer.keywords.get("weight_decay", 0.0)
+        self.optimizer = make_optimizer(discriminative_param_groups(network, lr, 1.0, weight_decay))
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(warmup_fraction * max_steps), max_steps
+        )
+        self.steps = StepLog()
+        self._batches = None
+
+    def _next_batch(self) -> dict[str, torch.Tensor]:
+        if self._batches is not None:
+            batch = next(self._batches, None)
+            if batch is not None:
+                return batch
+        self.steps.epoch_start()
+        self._batches = iter(self.loader)
+        return next(self._batches)
+
+    def step(self) -> None:
+        batch = self._next_batch()
+        with torch.enable_grad():  # also when called from a Lightning hook
+            with _autocast(self.precision):
+                logits = self.network(batch)
             loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            steps.step_end(len(batch["labels"]))
-            if len(steps.step_ends) >= max_steps:
-                break
-    return steps
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps.step_end(len(batch["labels"]))
 
 
 def hf_trainer_run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +18,46 @@ from lightning.pytorch.callbacks import Callback
 
 
 class StepLog:
-    """End-of-step timestamps and batch sizes, plus the epoch starts."""
+    """End-of-step timestamps and batch sizes, plus the epoch starts, read from `clock`
+    (`time.perf_counter`; two loops run in turns each keep a clock that stops while the other
+    runs: src/bench/overhead.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.epoch_starts: list[float] = []
         self.step_ends: list[float] = []
         self.step_epochs: list[int] = []
         self.batch_sizes: list[int] = []
 
     def epoch_start(self) -> None:
-        self.epoch_starts.append(time.perf_counter())
+        self.epoch_starts.append(self.clock())
 
     def step_end(self, batch_size: int) -> None:
-        self.step_ends.append(time.perf_counter())
+        self.step_ends.append(self.clock())
         self.step_epochs.append(len(self.epoch_starts) - 1)
         self.batch_sizes.append(int(batch_size))
 
-    def throughput(self, warmup: int) -> float:
-        """Samples per second over the steps after the first `warmup` ones, counting only steps
-        whose previous step ended in the same epoch: the gap across an epoch boundary holds the
-        validation of the Lightning run (which the plain loop does not do) and the loader's
-        restart, neither of which is training throughput."""
-        seconds, samples = 0.0, 0
-        for i in range(warmup + 1, len(self.step_ends)):
-            if self.step_epochs[i] == self.step_epochs[i - 1]:
-                seconds += self.step_ends[i] - self.step_ends[i - 1]
-                samples += self.batch_sizes[i]
-        if not samples:
+    def timed(self, warmup: int) -> set[int]:
+        """The steps that count: after the first `warmup` ones, and only those whose previous
+        step ended in the same epoch: the gap across an epoch boundary holds the validation of
+        the Lightning run (which the plain loop does not do) and the loader's restart, neither
+        of which is training throughput."""
+        return {
+            i
+            for i in range(warmup + 1, len(self.step_ends))
+            if self.step_epochs[i] == self.step_epochs[i - 1]
+        }
+
+    def throughput(self, warmup: int, steps: set[int] | None = None) -> float:
+        """Samples per second over `steps` (default: the `timed(warmup)` ones)."""
+        steps = self.timed(warmup) if steps is None else steps
+        if not steps:
             raise ValueError(f"only {len(self.step_ends)} steps timed; need more than {warmup + 1}")
-        return samples / seconds
+        seconds = sum(self.step_ends[i] - self.step_ends[i - 1] for i in steps)
+        return sum(self.batch_sizes[i] for i in steps) / seconds
 
     def timed_steps(self, warmup: int) -> int:
-        return sum(
-            self.step_epochs[i] == self.step_epochs[i - 1]
-            for i in range(warmup + 1, len(self.step_ends))
-        )
+        return len(self.timed(warmup))
 
     def epoch_times(self) -> list[float]:
         """Each epoch's training time: its start to its last step's end (validation excluded)."""
@@ -63,7 +69,7 @@ class StepLog:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k != "clock"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepLog:
