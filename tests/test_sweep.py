@@ -767,6 +767,21 @@ def test_warm_start_pieces(tmp_path: Path) -> None:
     assert enqueue(new, space, [{"optimizer.lr": 2e-3}]) == 0
 
 
+def test_the_forkserver_preloads_every_module_it_names_and_starts_no_thread() -> None:
+    """A renamed module would silently leave its import to every warm trial; a thread started at
+    import would not survive the fork."""
+    code = (
+        "import json, threading, src.sweep.preload as p; "
+        "print(json.dumps([p.failed, threading.active_count()]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    failed, threads = json.loads(out.stdout.strip().splitlines()[-1])
+    assert failed == {}
+    assert threads == 1
+
+
 def test_sweep_enqueued_and_seeded_trials_come_before_sampling(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
 ) -> None:

@@ -24,6 +24,11 @@ MODULES = (
     # Not src.train itself: each child runs it as __main__ (multiprocessing first runs the
     # sweeper's main module as __mp_main__, and runpy warns when the module is already loaded).
     "src.checks",
+    "src.console",
+    "src.run_dir",
+    "src.analysis",
+    "src.init_from",
+    "src.data.labels",
     "src.errors",
     "src.cv",
     "src.callbacks",
@@ -43,8 +48,10 @@ MODULES = (
     "src.sweep.trial",
     "src.sweep.study",
     "lightning.pytorch.loggers.tensorboard",
-    "lightning.pytorch.callbacks.rich_progress",
+    "lightning.pytorch.callbacks.progress.rich_progress",
+    "torch.utils.tensorboard",
     "transformers.models.bert.modeling_bert",
+    "transformers.optimization",  # src.optim's schedules (it imports peft: ~0.1 s)
 )
 
 loaded: list[str] = []
