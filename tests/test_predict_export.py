@@ -369,7 +369,7 @@ def test_predict_checks_its_input_before_the_checkpoint_and_torch(name, tmp_path
 
 def test_predict_image_suffixes_match_the_data_reader() -> None:
     from src.data.image import IMAGE_SUFFIXES
-    from src.predict import IMAGE_SUFFIXES as PREDICT_SUFFIXES
+    from src.predict_input import IMAGE_SUFFIXES as PREDICT_SUFFIXES
 
     assert PREDICT_SUFFIXES == IMAGE_SUFFIXES
 
