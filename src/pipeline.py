@@ -255,7 +255,7 @@ def train(
     maybe_find_lr(cfg, trainer, module, datamodule, resuming=ckpt_path is not None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    last_train_loss = _float_or_none(trainer.callback_metrics.get("train/loss"))
+    last_train_loss = module.last_train_loss
     checkpoint = checkpoint_callback(trainer)
     best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     test_metrics: dict[str, float] = {}
@@ -293,10 +293,6 @@ def train(
 
 def _existing(path: Path) -> str | None:
     return str(path) if path.is_file() else None
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 # --------------------------------------------------------------------------- a run from its checkpoint

@@ -48,6 +48,9 @@ class ProgressLines(ProgressBar):
     and one line at the end of each epoch and validation (with the val/* metrics). Validation,
     test and predict loops get the same periodic lines (batch counts). The lines go to the
     `src.progress` logger: Hydra's console and the run's log file.
+
+    A line's `train/loss` is the loss of the step just done, read from the step's output when
+    the line is written (the module logs it to Lightning only on logging steps).
     """
 
     def __init__(self, every_n_seconds: float | None = 30.0, every_n_steps: int | None = None):
@@ -73,6 +76,7 @@ class ProgressLines(ProgressBar):
         self._samples = self._last_samples = 0
         self._start_step = 0
         self._total: float = math.inf
+        self._step_output: Any = None  # the last training step's output: its loss
         # the current validation / test / predict loop
         self._eval_stage, self._eval_start, self._eval_last, self._eval_samples = "", now, now, 0
 
@@ -111,6 +115,7 @@ class ProgressLines(ProgressBar):
         batch_idx: int,
     ) -> None:
         self._samples += _batch_size(batch)
+        self._step_output = outputs
         if self._due(batch_idx + 1, self._last):
             self._train_line(trainer, pl_module)
 
@@ -128,7 +133,11 @@ class ProgressLines(ProgressBar):
             parts.append(f"step {step}/{int(total)} ({100 * step / total:.0f}%)")
         else:
             parts.append(f"step {step}")
-        parts += _metrics(self.get_metrics(trainer, pl_module), exclude=("v_num",))
+        metrics = dict(self.get_metrics(trainer, pl_module))
+        loss = _step_loss(self._step_output, trainer.accumulate_grad_batches)
+        if loss is not None:
+            metrics["train/loss"] = loss
+        parts += _metrics(metrics, exclude=("v_num",))
         if now > self._last and self._samples > self._last_samples:  # since the last line
             parts.append(
                 f"{(self._samples - self._last_samples) / (now - self._last):.1f} samples/s"
@@ -240,6 +249,15 @@ def _metrics(metrics: dict[str, Any], exclude: tuple[str, ...] = ()) -> list[str
         except (TypeError, ValueError):
             out.append(f"{key} {value}")
     return out
+
+
+def _step_loss(output: Any, accumulate_grad_batches: int) -> float | None:
+    """The training step's loss from its output as Lightning hands it to callbacks: a tensor or
+    a dict with "loss", divided by the gradient accumulation (undone here)."""
+    loss = output.get("loss") if isinstance(output, Mapping) else output
+    if loss is None or not hasattr(loss, "item"):
+        return None
+    return float(loss.item()) * accumulate_grad_batches
 
 
 def _batch_size(batch: Any) -> int:
