@@ -8,8 +8,9 @@ Sections:
   overhead  ftlab's Lightning loop vs a minimal PyTorch loop, in turns in one run: samples/s, same
             model/data/batch/precision/threads (MiniLM on an SST-2 slice; mobilenet_v2 on
             hymenoptera; src/bench/overhead.py)
-  hf        text pipeline vs transformers' Trainer, padded to 128 (run_glue) and at its best
-            (dynamic padding + group_by_length): epoch time and dev accuracy
+  hf        text pipeline vs transformers' Trainer at its best (dynamic padding +
+            group_by_length), in turns in one process; optionally padded to 128 (run_glue):
+            epoch time and dev accuracy (src/bench/hf.py)
   cache     feature extraction with the frozen-feature cache vs recomputing: epoch 2+ time
   startup   time to the first training step (cold and warm tokenization cache), warm data prep
   memory    peak RSS of a default SST-2 and a default hymenoptera run
@@ -34,89 +35,16 @@ from typing import Any
 
 import torch
 
+from src.bench.hf import bench_hf
 from src.bench.overhead import bench_overhead
 from src.bench.report import markdown
-from src.bench.runs import ROOT, compose, ftlab_run, log, setup_baseline, stats
+from src.bench.runs import ROOT, compose, ftlab_run, log, stats
 
 OUT_DIR = ROOT / "experiments" / "bench"
 SECTIONS = ("overhead", "hf", "cache", "startup", "memory", "inference", "contention")
 
 
 # ------------------------------------------------------------------------------------ sections
-
-
-def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
-    from src.bench.plain import hf_trainer_run
-
-    overrides = [
-        "task=sentiment",
-        "model=bert",
-        "model.pooling=pooler",  # HF Trainer trains transformers' own class: the same pooling
-        "data.limit_train=2100",  # 2,058 train sentences after the 2% validation carve
-        "optimizer.lr=1e-4",
-        "data.batch_size=32",
-        "trainer.max_epochs=1",
-    ]
-    # ftlab as it ships (`sorted` length grouping), and with HF's megabatch grouping. Measured
-    # before and left out since: the embeddings frozen (finetune.frozen=[embeddings], another
-    # recipe), 0.831 / 0.896 of HF at its best (experiments/bench/README.md, session 10)
-    variants = {
-        "ftlab": [],
-        "ftlab_megabatch": ["data.group_by_length=megabatch"],
-    }
-    contestants: dict[str, list[float]] = {
-        **{k: [] for k in variants},
-        "hf_best": [],
-        "hf_run_glue": [],
-    }
-    accuracy: dict[str, list[float]] = {k: [] for k in contestants}
-    n_train = None
-    for rep in range(reps):
-        # a seed per repetition, the same for every contestant: the accuracies are 3 seeds'
-        seeded = [*overrides, f"seed={42 + rep}"]
-        for key, extra in variants.items():
-            log(f"hf rep {rep + 1}/{reps}: {key}")
-            steplog, metrics = ftlab_run([*seeded, *extra], work, f"hf_{key}")
-            contestants[key].append(steplog.epoch_times()[0])
-            accuracy[key].append(metrics["test/acc"])
-        hf = [("hf_best", False)] + ([("hf_run_glue", True)] if rep < reps_padded else [])
-        for key, padded in hf:
-            log(f"hf rep {rep + 1}/{reps}: {key}")
-            cfg, dm, network, precision = setup_baseline(seeded, work)
-            n_train = len(dm.splits["train"])
-            steplog, acc = hf_trainer_run(
-                network.model,
-                dm.tokenizer,
-                dm.splits["train"],
-                dm.splits["test"],
-                pad_to_128=padded,
-                lr=float(cfg.optimizer.lr),
-                weight_decay=float(cfg.optimizer.weight_decay),
-                batch_size=int(cfg.data.batch_size),
-                epochs=1,
-                precision=precision,
-                seed=int(cfg.seed),
-                out_dir=str(work / f"hf_{key}"),
-            )
-            contestants[key].append(steplog.epoch_times()[0])
-            accuracy[key].append(acc)
-        log("  " + "  ".join(f"{k} {v[-1]:.1f}s" for k, v in contestants.items() if v))
-    ratios = {
-        f"ratio_epoch_{key}_over_{base}": statistics.median(contestants[key])
-        / statistics.median(contestants[base])
-        for key in variants
-        for base in ("hf_run_glue", "hf_best")
-        if contestants[base]
-    }
-    return {
-        "overrides": overrides,
-        "seeds": [42 + rep for rep in range(reps)],
-        "train_sentences": n_train,
-        "epoch_s": {k: stats(v) for k, v in contestants.items() if v},
-        "dev_acc": {k: stats(v) for k, v in accuracy.items() if v},
-        "dev_acc_per_seed": {k: v for k, v in accuracy.items() if v},
-        **ratios,
-    }
 
 
 def bench_cache(work: Path, reps: int) -> dict[str, Any]:

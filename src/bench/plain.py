@@ -77,11 +77,10 @@ class PlainLoop:
         self.steps.step_end(len(batch["labels"]))
 
 
-def hf_trainer_run(
+def hf_trainer(
     model: torch.nn.Module,
     tokenizer: Any,
     train_ds: Any,
-    eval_ds: Any,
     *,
     pad_to_128: bool,
     lr: float,
@@ -91,14 +90,16 @@ def hf_trainer_run(
     precision: str,
     seed: int,
     out_dir: str,
-) -> tuple[StepLog, float]:
-    """Train with transformers' Trainer; return its StepLog and the accuracy on `eval_ds`.
+    steps: StepLog | None = None,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, StepLog]:
+    """transformers' Trainer set up to train `model`, and the StepLog its steps go into (`steps`
+    when given: e.g. one on a turn-taking clock, whose own `callbacks` then log the steps).
 
     pad_to_128: as run_glue does by default (`pad_to_max_length`: every example padded to
     max_seq_length=128 at tokenization); else at its best: dynamic padding
     (DataCollatorWithPadding) and `train_sampling_strategy="group_by_length"`.
     """
-    import numpy as np
     from transformers import (
         DataCollatorWithPadding,
         Trainer,
@@ -107,18 +108,20 @@ def hf_trainer_run(
         default_data_collator,
     )
 
-    steps = StepLog()
+    if steps is None:
+        steps = StepLog()
 
-    class Timer(TrainerCallback):
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            steps.epoch_start()
+        class Timer(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                steps.epoch_start()
 
-        def on_step_end(self, args, state, control, **kwargs):
-            steps.step_end(batch_size)  # the last batch may be smaller; counted as full
+            def on_step_end(self, args, state, control, **kwargs):
+                steps.step_end(batch_size)  # the last batch may be smaller; counted as full
+
+        callbacks = [Timer(), *(callbacks or [])]
 
     if pad_to_128:
         train_ds = _pad_to(train_ds, tokenizer, 128)
-        eval_ds = _pad_to(eval_ds, tokenizer, 128)
         collator = default_data_collator
     else:
         collator = DataCollatorWithPadding(tokenizer)
@@ -149,12 +152,29 @@ def hf_trainer_run(
         args=args,
         train_dataset=train_ds,
         data_collator=collator,
-        callbacks=[Timer()],
+        callbacks=callbacks,
     )
-    trainer.train()
+    return trainer, steps
+
+
+def hf_accuracy(trainer: Any, eval_ds: Any, tokenizer: Any, pad_to_128: bool) -> float:
+    """The trained model's accuracy on `eval_ds`, predicted by the Trainer."""
+    import numpy as np
+
+    if pad_to_128:
+        eval_ds = _pad_to(eval_ds, tokenizer, 128)
     predictions = trainer.predict(eval_ds)
-    accuracy = float((np.argmax(predictions.predictions, axis=-1) == predictions.label_ids).mean())
-    return steps, accuracy
+    return float((np.argmax(predictions.predictions, axis=-1) == predictions.label_ids).mean())
+
+
+def hf_trainer_run(
+    model: torch.nn.Module, tokenizer: Any, train_ds: Any, eval_ds: Any, **settings: Any
+) -> tuple[StepLog, float]:
+    """Train with transformers' Trainer (`settings`: those of `hf_trainer`); return its StepLog
+    and the accuracy on `eval_ds`."""
+    trainer, steps = hf_trainer(model, tokenizer, train_ds, **settings)
+    trainer.train()
+    return steps, hf_accuracy(trainer, eval_ds, tokenizer, settings["pad_to_128"])
 
 
 def _pad_to(ds: Any, tokenizer: Any, length: int) -> Any:

@@ -55,35 +55,9 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines.append("")
     if "hf" in results:
-        r = results["hf"]
-        lines += [
-            "## Text pipeline vs transformers' Trainer",
-            "",
-            f"MiniLM on {r['train_sentences']} SST-2 training sentences, 1 epoch, batch 32, "
-            "lr 1e-4, linear warmup 6%, weight decay 0.01, bf16 autocast where ftlab uses it; "
-            "dev accuracy on the 872 SST-2 dev sentences. `run_glue` pads every example to 128 "
-            "(only with `--reps-padded N`); `best` is dynamic padding + `group_by_length`. "
-            "`ftlab` is the default (`data.group_by_length=sorted`), `ftlab_megabatch` groups as "
-            "HF does (in earlier reports: `ftlab` was megabatch and `ftlab_sorted` sorted; "
-            "`ftlab_frozen_embeddings` froze the embedding tables). "
-            "Repetition i uses seed 42 + i for every contestant, "
-            "so the accuracies are those of different seeds. Goals: ftlab epoch ≤ 0.2 × run_glue "
-            "and ≤ 0.9 × best, at the same dev accuracy (±1 pt).",
-            "",
-            "| contestant | epoch time (s) | dev accuracy |",
-            "|---|---|---|",
-        ]
-        ftlab_keys = ("ftlab", "ftlab_sorted", "ftlab_megabatch", "ftlab_frozen_embeddings")
-        for key in (*ftlab_keys, "hf_best", "hf_run_glue"):
-            if key in r["epoch_s"]:
-                lines.append(f"| {key} | {fmt(r['epoch_s'][key])} | {fmt(r['dev_acc'][key], 4)} |")
-        ratios = ", ".join(
-            f"{key} / {base.removeprefix('hf_')} = **{r[name]:.3f}**"
-            for key in ftlab_keys
-            for base in ("hf_run_glue", "hf_best")
-            if (name := f"ratio_epoch_{key}_over_{base}") in r
-        )
-        lines += ["", f"Epoch-time ratios (medians): {ratios}.", ""]
+        from src.bench.hf import markdown as hf_markdown
+
+        lines += hf_markdown(results["hf"], fmt)
     if "cache" in results:
         r = results["cache"]
         same = r["metrics_cached_vs_recomputed"]
