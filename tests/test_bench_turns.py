@@ -83,6 +83,7 @@ def test_ftlab_and_hf_trainer_train_in_turns(tmp_path, tiny_bert, tiny_text_data
     pair = in_turns(overrides, tmp_path, "pair")
     assert pair.train_size == 120
     assert len(pair.ftlab_steps.step_ends) == len(pair.hf_steps.step_ends) == 4
+    assert pair.order == [0, 1] * 4  # strictly in turns, ftlab first
     assert pair.ftlab_steps.epoch_times()[0] > 0 and pair.hf_steps.epoch_times()[0] > 0
     assert 0 <= pair.hf_acc <= 1 and 0 <= pair.ftlab_metrics["test/acc"] <= 1
 

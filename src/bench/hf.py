@@ -59,6 +59,7 @@ class Pair:
     hf_steps: StepLog
     hf_acc: float
     train_size: int
+    order: list[int]  # which loop did each step: 0 ftlab, 1 HF
 
 
 def in_turns(
@@ -92,16 +93,23 @@ def in_turns(
         finally:
             turns.finish(1)
 
-    thread = threading.Thread(target=train_hf, name="hf-trainer")
+    thread = threading.Thread(target=train_hf, name="hf-trainer", daemon=True)
     thread.start()
+    ftlab_error: Exception | None = None
     try:
         _, metrics = ftlab(overrides, work, f"{tag}_ftlab", callbacks=[ftlab_turn])
+    except Exception as e:  # noqa: BLE001  (when HF failed first, its error is the cause)
+        ftlab_error = e
     finally:
-        turns.finish(0)
-        thread.join()
+        turns.finish(0)  # HF goes on alone (on Ctrl-C the daemon thread ends with the process)
+    thread.join()
     if "error" in outcome:
         raise RuntimeError("HF Trainer failed in its turn-taking thread") from outcome["error"]
-    return Pair(ftlab_turn.steps, metrics, hf_steps, outcome["acc"], len(dm.splits["train"]))
+    if ftlab_error is not None:
+        raise ftlab_error
+    return Pair(
+        ftlab_turn.steps, metrics, hf_steps, outcome["acc"], len(dm.splits["train"]), turns.order
+    )
 
 
 def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
