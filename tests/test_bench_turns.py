@@ -72,7 +72,10 @@ def test_a_failing_loop_does_not_leave_the_other_waiting() -> None:
     assert turns.order.count(1) == 3
 
 
-def test_ftlab_and_hf_trainer_train_in_turns(tmp_path, tiny_bert, tiny_text_data) -> None:
+@pytest.mark.parametrize("ftlab_first", [True, False])
+def test_ftlab_and_hf_trainer_train_in_turns(
+    tmp_path, tiny_bert, tiny_text_data, ftlab_first
+) -> None:
     overrides = [
         *tiny_text_overrides(tiny_bert, tiny_text_data),
         *QUIET,
@@ -80,10 +83,10 @@ def test_ftlab_and_hf_trainer_train_in_turns(tmp_path, tiny_bert, tiny_text_data
         "data.batch_size=32",  # 120 training rows: 4 steps in the one epoch
         "trainer.max_epochs=1",
     ]
-    pair = in_turns(overrides, tmp_path, "pair")
+    pair = in_turns(overrides, tmp_path, "pair", ftlab_first=ftlab_first)
     assert pair.train_size == 120
     assert len(pair.ftlab_steps.step_ends) == len(pair.hf_steps.step_ends) == 4
-    assert pair.order == [0, 1] * 4  # strictly in turns, ftlab first
+    assert pair.order == ([0, 1] if ftlab_first else [1, 0]) * 4  # strictly in turns
     assert pair.ftlab_steps.epoch_times()[0] > 0 and pair.hf_steps.epoch_times()[0] > 0
     assert 0 <= pair.hf_acc <= 1 and 0 <= pair.ftlab_metrics["test/acc"] <= 1
 

@@ -1,8 +1,8 @@
 """make bench's `hf` section: ftlab's text epoch against transformers' Trainer at its best.
 
 Each repetition trains ftlab (as it ships) and HF Trainer (dynamic padding + group_by_length) in
-turns, a step each, in two threads of this process (src/bench/turns.py): both see the same
-machine, so their ratio does not move with its speed. Optional: HF's run_glue way (every example
+turns, a step each, each in a thread of its own (src/bench/turns.py), who goes first alternating
+with the repetitions: both see the same machine, so their ratio does not move with its speed. Optional: HF's run_glue way (every example
 padded to 128), alone after the pair (`--reps-padded N`; 2.3 min a run here).
 """
 
@@ -63,52 +63,69 @@ class Pair:
 
 
 def in_turns(
-    overrides: list[str], work: Path, tag: str, ftlab: Callable[..., Any] = ftlab_run
+    overrides: list[str],
+    work: Path,
+    tag: str,
+    ftlab_first: bool = True,
+    ftlab: Callable[..., Any] = ftlab_run,
 ) -> Pair:
-    """ftlab (`overrides`, this thread) and HF Trainer at its best (the same config's data and
-    weights, a second thread) trained in turns. `ftlab(overrides, work, tag, callbacks=)` makes
-    the ftlab run."""
+    """ftlab (`overrides`) and HF Trainer at its best (the same config's data and weights)
+    trained in turns, each in a thread of its own (the same kind of thread for both: neither
+    has the main thread's malloc arena), `ftlab_first` or HF first. `ftlab(overrides, work, tag,
+    callbacks=)` makes the ftlab run."""
     cfg, dm, network, precision = setup_baseline(overrides, work)
     turns = Turns(2)
-    ftlab_turn = LightningTurn(turns, 0)
-    hf_steps = StepLog(clock=turns.clock(1))
+    i_ftlab, i_hf = (0, 1) if ftlab_first else (1, 0)
+    ftlab_turn = LightningTurn(turns, i_ftlab)
+    hf_steps = StepLog(clock=turns.clock(i_hf))
     settings = hf_settings(cfg, precision, False, work / f"{tag}_hf")
-    # built here, before the thread starts: its set_seed runs before ftlab's seed_everything
+    # built here, before the threads start: its set_seed runs before ftlab's seed_everything
     trainer, _ = hf_trainer(
         network.model,
         dm.tokenizer,
         dm.splits["train"],
         steps=hf_steps,
-        callbacks=[hf_turn(turns, 1, hf_steps, settings["batch_size"])],
+        callbacks=[hf_turn(turns, i_hf, hf_steps, settings["batch_size"])],
         **settings,
     )
     outcome: dict[str, Any] = {}
 
-    def train_hf() -> None:
-        try:
-            trainer.train()  # its last step ends its turns (HFTurn.on_train_end)
-            outcome["acc"] = hf_accuracy(trainer, dm.splits["test"], dm.tokenizer, False)
-        except BaseException as e:  # noqa: BLE001  (raised again in the main thread)
-            outcome["error"] = e
-        finally:
-            turns.finish(1)
+    def run(name: str, index: int, body: Callable[[], Any]) -> threading.Thread:
+        def target() -> None:
+            try:
+                outcome[name] = body()
+            except BaseException as e:  # noqa: BLE001  (raised again in the calling thread)
+                outcome[f"{name}_error"] = e
+            finally:
+                turns.finish(index)  # the other loop goes on alone
 
-    thread = threading.Thread(target=train_hf, name="hf-trainer", daemon=True)
-    thread.start()
-    ftlab_error: Exception | None = None
-    try:
-        _, metrics = ftlab(overrides, work, f"{tag}_ftlab", callbacks=[ftlab_turn])
-    except Exception as e:  # noqa: BLE001  (when HF failed first, its error is the cause)
-        ftlab_error = e
-    finally:
-        turns.finish(0)  # HF goes on alone (on Ctrl-C the daemon thread ends with the process)
-    thread.join()
-    if "error" in outcome:
-        raise RuntimeError("HF Trainer failed in its turn-taking thread") from outcome["error"]
-    if ftlab_error is not None:
-        raise ftlab_error
+        return threading.Thread(target=target, name=f"bench-{name}", daemon=True)
+
+    def train_hf() -> float:
+        trainer.train()  # its last step ends its turns (HFTurn.on_train_end)
+        return hf_accuracy(trainer, dm.splits["test"], dm.tokenizer, False)
+
+    threads = [
+        run("hf", i_hf, train_hf),
+        run("ftlab", i_ftlab, lambda: ftlab(overrides, work, f"{tag}_ftlab", [ftlab_turn])[1]),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # daemon threads: on Ctrl-C they end with the process
+    if "hf_error" in outcome:  # when HF fails first, ftlab's error is only the broken turns
+        raise RuntimeError("HF Trainer failed in its turn-taking thread") from outcome["hf_error"]
+    if "ftlab_error" in outcome:
+        raise RuntimeError("the ftlab run failed in its turn-taking thread") from outcome[
+            "ftlab_error"
+        ]
     return Pair(
-        ftlab_turn.steps, metrics, hf_steps, outcome["acc"], len(dm.splits["train"]), turns.order
+        ftlab_turn.steps,
+        outcome["ftlab"],
+        hf_steps,
+        outcome["hf"],
+        len(dm.splits["train"]),
+        [0 if i == i_ftlab else 1 for i in turns.order],
     )
 
 
@@ -122,7 +139,8 @@ def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
         seeded = [*OVERRIDES, f"seed={42 + rep}"]
         for key, extra in VARIANTS.items():
             log(f"hf rep {rep + 1}/{reps}: {key} and hf_best in turns")
-            pair = in_turns([*seeded, *extra], work, f"hf_{key}")
+            # who goes first alternates with the repetitions
+            pair = in_turns([*seeded, *extra], work, f"hf_{key}", ftlab_first=rep % 2 == 0)
             ftlab_s, hf_s = pair.ftlab_steps.epoch_times()[0], pair.hf_steps.epoch_times()[0]
             epochs[key].append(ftlab_s)
             accuracy[key].append(pair.ftlab_metrics["test/acc"])
@@ -178,9 +196,10 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
     ]
     if r.get("in_turns"):
         lines.append(
-            "Each repetition trains ftlab and HF at its best in turns, a step each, in two "
-            "threads of one process (src/bench/turns.py), each timed on a clock that stops "
-            "while the other runs: the ratio of a repetition is measured on one machine state. "
+            "Each repetition trains ftlab and HF at its best in turns, a step each, each in a "
+            "thread of its own (src/bench/turns.py; who goes first alternates), each timed on a "
+            "clock that stops while the other runs: the ratio of a repetition is measured on one "
+            "machine state. "
             "`run_glue` (every example padded to 128) runs alone, only with `--reps-padded N`."
         )
     lines += [
