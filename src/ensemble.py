@@ -3,7 +3,9 @@
 Or the K best trials of a sweep: `python -m src.ensemble study.storage=logs/sweeps/NAME top_k=K`.
 
 Each member is rebuilt from its own checkpoint (its own tokenizer or preprocessing), run on the
-task's test (or val) split, and its probabilities aligned by example. The ensemble predicts the
+task's test (or val) split at its own training run's precision (bf16 autocast where that run
+used bf16-mixed, as its test did; `precision=32-true` scores every member in fp32), and its
+probabilities aligned by example. The ensemble predicts the
 argmax of the mean probability. metrics.json holds the ensemble's and every member's acc, F1
 (macro, as in training) and loss (NLL); predictions.csv the per-example ensemble probabilities.
 """
@@ -36,6 +38,22 @@ class MemberOutput:
     labels: torch.Tensor  # (N,)
     label_names: list[str]
     task: str
+    precision: str  # what it was scored at
+
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # else fp32
+
+
+def member_precision(override: Any, run_cfg: DictConfig, device: torch.device) -> str:
+    """The precision a member is scored at: `override`, else its training run's own (`auto`
+    resolved for `device` as training resolves it), as the run's own test ran."""
+    from src.pipeline import resolve_precision
+
+    if override is not None:
+        return str(override)
+    accelerator = "cuda" if device.type == "cuda" else "cpu"
+    return str(resolve_precision(run_cfg.trainer.get("precision", "auto"), accelerator))
 
 
 def member_paths(cfg: DictConfig) -> list[Path]:
@@ -109,10 +127,13 @@ def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOu
         order = list(range(len(ds)))
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
     module = model.module.to(device)
+    precision = member_precision(cfg.get("precision"), model.run_cfg, device)
+    dtype = AUTOCAST.get(precision)
     probs, labels = [], []
     for batch in loader:
         labels.append(batch.pop("labels"))
-        logits = module({k: v.to(device) for k, v in batch.items()})
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = module({k: v.to(device) for k, v in batch.items()})
         probs.append(torch.softmax(logits.float(), dim=-1).cpu())
     index = torch.tensor(order)
     aligned_probs = torch.empty(len(ds), len(model.label_names))
@@ -120,7 +141,12 @@ def member_output(path: Path, cfg: DictConfig, device: torch.device) -> MemberOu
     aligned_probs[index] = torch.cat(probs)
     aligned_labels[index] = torch.cat(labels)
     return MemberOutput(
-        str(path), aligned_probs, aligned_labels, model.label_names, str(model.run_cfg.task.name)
+        str(path),
+        aligned_probs,
+        aligned_labels,
+        model.label_names,
+        str(model.run_cfg.task.name),
+        precision,
     )
 
 
@@ -158,6 +184,11 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r}; valid: test, val")
+    if cfg.get("precision") is not None and str(cfg.precision) not in PRECISIONS:
+        raise ConfigError(
+            f"precision={cfg.precision!r}; valid: null (each member at its training run's "
+            f"precision), {', '.join(PRECISIONS)}"
+        )
     paths = member_paths(cfg)
     out_dir = Path(cfg.paths.output_dir)
     ensure_writable_dir(out_dir, "hydra.run.dir")
@@ -178,6 +209,7 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(scores(mean_probs, labels, f"ensemble/{split}/"))
     for i, m in enumerate(members):
         metrics[f"member{i}/ckpt_path"] = str(Path(m.ckpt_path).resolve())
+        metrics[f"member{i}/precision"] = m.precision
         metrics.update(scores(m.probs, labels, f"member{i}/{split}/"))
     for key in ("acc", "f1"):
         values = [metrics[f"member{i}/{split}/{key}"] for i in range(len(members))]

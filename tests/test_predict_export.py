@@ -568,6 +568,48 @@ def test_ensemble_members_from_paths_and_run_dirs(text_run, text_ckpt) -> None:
         )
 
 
+@pytest.mark.parametrize("override", [None, "32-true"])
+def test_ensemble_members_run_at_their_training_precision(
+    text_run, text_ckpt, monkeypatch, override
+) -> None:
+    """By default a member runs as its own test did (bf16 autocast after a bf16-mixed run);
+    `precision=32-true` scores it in fp32."""
+    import src.saved_run
+    from src.ensemble import member_output
+
+    trained_at = read_metrics(text_run)["precision"]  # `auto` resolved for this CPU
+    expected = override or trained_at
+    load_run = src.saved_run.load_run
+    dtypes: list[torch.dtype] = []
+
+    def load_and_watch(path):
+        model = load_run(path)
+        model.module.network.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(src.saved_run, "load_run", load_and_watch)
+    extra = [] if override is None else [f"precision={override}"]
+    member = member_output(text_ckpt, compose_entry("ensemble", *extra), torch.device("cpu"))
+    assert member.precision == expected
+    logits = torch.bfloat16 if expected == "bf16-mixed" else torch.float32
+    assert dtypes and set(dtypes) == {logits}
+    assert member.probs.dtype == torch.float32
+
+
+def test_ensemble_names_a_bad_precision(text_ckpt, workdir) -> None:
+    from src.ensemble import ensemble
+    from src.errors import ConfigError
+
+    cfg = compose_entry(
+        "ensemble",
+        f"ckpt_paths=[{text_ckpt}]",
+        "precision=fp8",
+        f"paths.output_dir={workdir / 'ens_fp8'}",
+    )
+    with pytest.raises(ConfigError, match=r"precision='fp8'; valid: null .*bf16-mixed"):
+        ensemble(cfg)
+
+
 def test_ensemble_rejects_members_of_another_task(text_ckpt, image_ckpt, workdir) -> None:
     from src.ensemble import ensemble
     from src.errors import ConfigError
