@@ -2,8 +2,9 @@
 
 Each repetition trains ftlab (as it ships) and HF Trainer (dynamic padding + group_by_length) in
 turns, a step each, each in a thread of its own (src/bench/turns.py), who goes first alternating
-with the repetitions: both see the same machine, so their ratio does not move with its speed. Optional: HF's run_glue way (every example
-padded to 128), alone after the pair (`--reps-padded N`; 2.3 min a run here).
+with the repetitions: both see the same machine, so their ratio does not move with its speed.
+Optional: HF's run_glue way (every example padded to 128), alone after the pair
+(`--reps-padded N`; 2.3 min a run here).
 """
 
 from __future__ import annotations
