@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.checks import check_train_config
+from src.data.workers import AUTO as AUTO_WORKERS
+from src.data.workers import loader_workers, training_processes_per_node, usable_cores
 from src.errors import ConfigError
 from src.tasks import build_task, metric_keys, task_type
 
@@ -40,7 +42,19 @@ def build_datamodule(cfg: DictConfig, stage: str | None, processor: Any = None) 
 
     if processor is None:
         processor = build_processor(cfg.model)
-    datamodule = instantiate(cfg.data, processor=processor, _recursive_=False)
+    data_cfg = cfg.data
+    if data_cfg.get("num_workers") == AUTO_WORKERS:
+        processes = training_processes_per_node(cfg.get("trainer"))
+        workers = loader_workers(AUTO_WORKERS, processes)
+        log.info(
+            "data.num_workers=auto: %d loader workers (%d CPU cores for %d training process%s)",
+            workers,
+            usable_cores(),
+            processes,
+            "" if processes == 1 else "es",
+        )
+        data_cfg = OmegaConf.merge(data_cfg, {"num_workers": workers})
+    datamodule = instantiate(data_cfg, processor=processor, _recursive_=False)
     if stage is not None:
         datamodule.setup(stage)
     return datamodule

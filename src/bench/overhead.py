@@ -98,7 +98,9 @@ def plain_loader(case: str, cfg: Any, dm: Any) -> torch.utils.data.DataLoader:
             sampler=sampler,
             collate_fn=DataCollatorWithPadding(dm.tokenizer),
         )
-    workers = int(cfg.data.num_workers)
+    workers = int(
+        dm.num_workers
+    )  # data.num_workers as the run resolved it (auto: src/data/workers.py)
     return torch.utils.data.DataLoader(
         dm.splits["train"],
         batch_size=cfg.data.batch_size,

@@ -20,6 +20,7 @@ from src.data.augment import MixCollate, augment_entries, build_augment, check_m
 from src.data.report import MAX_LISTED, build_report, warn_about
 from src.data.resumable import resumable_train_loader
 from src.data.splits import carve_splits
+from src.data.workers import loader_workers
 from src.errors import DataError
 from src.models.networks import ImagePreprocessing
 
@@ -141,7 +142,7 @@ class ImageDataModule(L.LightningDataModule):
         color_jitter: float = 0.2,
         mixup_alpha: float | None = None,
         cutmix_alpha: float | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = "auto",
         seed: int = 42,
         folds: int | None = None,
         fold: int | None = None,
@@ -160,7 +161,8 @@ class ImageDataModule(L.LightningDataModule):
             build_augment(self.augment, processor.crop_size)
         self.color_jitter = color_jitter
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
-        self.num_workers = num_workers
+        # `auto`: from the CPU cores (src/data/workers.py; src.pipeline resolves it for DDP)
+        self.num_workers = loader_workers(num_workers)
         self.seed = seed
         # Cross-validation: val is fold `fold` of `folds` stratified folds of train.
         self.folds, self.fold = folds, fold

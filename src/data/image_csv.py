@@ -68,7 +68,7 @@ class ImageCsvDataModule(ImageDataModule):
         color_jitter: float = 0.2,
         mixup_alpha: float | None = None,
         cutmix_alpha: float | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = "auto",
         seed: int = 42,
         folds: int | None = None,
         fold: int | None = None,

@@ -26,6 +26,7 @@ from src.data.text_rows import (
     html_summary,
     strip_html_columns,
 )
+from src.data.workers import loader_workers
 from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class TextDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         group_by_length: bool | str = "sorted",
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         cache_dir: str = ".cache/tokenized",
         seed: int = 42,
         folds: int | None = None,
@@ -130,7 +131,7 @@ class TextDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.group_by_length = length_grouping(group_by_length)
-        self.num_workers = num_workers
+        self.num_workers = loader_workers(num_workers)
         self.cache_dir = cache_dir
         self.seed = seed
         # Cross-validation: val is fold `fold` of `folds` stratified folds of train.
