@@ -92,3 +92,40 @@ def test_image_tasks_default_to_auto_and_a_run_resolves_it(tiny_images, caplog) 
         datamodule = build_datamodule(cfg, None)
     assert datamodule.num_workers == loader_workers("auto", processes_per_node=2)
     assert "data.num_workers=auto: " in caplog.text and "for 2 training processes" in caplog.text
+
+
+def test_a_sweep_running_trials_side_by_side_gives_each_its_share(tmp_path, monkeypatch) -> None:
+    """N trials at once on one machine: each trial's `auto` takes 1/N of the cores, GPU or not."""
+    from src.data.workers import ENV_CPU_SHARE
+    from src.sweep.runner import Sweep
+    from src.sweep.settings import SweepSettings
+    from src.sweep.space import parse_params
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("src.sweep.runner.usable_cores", lambda: 16)
+
+    def trial_env(n_workers: int, gpus: list[str]) -> dict[str, str]:
+        settings = SweepSettings(
+            n_trials=1,
+            study_name=f"share{n_workers}",
+            storage=f"sqlite:///{tmp_path / 'share.db'}",
+            direction="maximize",
+            monitor="val/acc",
+            n_workers=n_workers,
+        )
+        space = parse_params({"optimizer.lr": "interval(0.1, 0.2)"})
+        sweep = Sweep(settings, space, [], tmp_path)
+        return sweep._trial_env(sweep.study.ask(), gpus)
+
+    on_gpus = trial_env(4, ["1"])
+    assert on_gpus[ENV_CPU_SHARE] == "4" and "OMP_NUM_THREADS" not in on_gpus
+    on_cpu = trial_env(4, [])
+    assert on_cpu[ENV_CPU_SHARE] == "4" and on_cpu["OMP_NUM_THREADS"] == "4"
+    assert ENV_CPU_SHARE not in trial_env(1, [])
+    # inside such a trial on the 16-core machine: 4 cores, so 3 loader workers (not 8)
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers("auto") == 8
+    monkeypatch.setenv(ENV_CPU_SHARE, on_gpus[ENV_CPU_SHARE])
+    assert usable_cores() == 4 and loader_workers("auto") == 3

@@ -1,7 +1,8 @@
 """How many DataLoader worker processes decode images: `data.num_workers`, a number or `auto`.
 
 `auto` takes the CPU cores this process may run on (its affinity: a SLURM task's, a container's
-or `taskset`'s share, not the whole machine's), splits them among the training processes on the
+or `taskset`'s share, not the whole machine's; a sweep trial's share when a sweep runs several
+at once), splits them among the training processes on the
 node (`trainer.devices`: one per GPU under DDP), and leaves one core of each share to the
 training loop: 2 workers on this 2-core VM (the default that measured best here, experiments/
 bench/README.md, session 9), 8 at most (a GPU box: enough to keep a mobilenet_v2 step fed;
@@ -18,13 +19,19 @@ from src.errors import ConfigError
 
 AUTO = "auto"
 MAX_AUTO_WORKERS = 8
+# Set by the sweeper for each trial when several run at once on one machine: that trial's share of
+# the cores (src/sweep/runner.py), so that N trials do not each take the whole machine's.
+ENV_CPU_SHARE = "FTLAB_CPU_SHARE"
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on."""
+    """The CPU cores this process may run on (its affinity, and its sweep trial's share)."""
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        cores = max(1, len(os.sched_getaffinity(0)))
+    else:
+        cores = max(1, os.cpu_count() or 1)
+    share = os.environ.get(ENV_CPU_SHARE, "")
+    return min(cores, int(share)) if share.isdigit() and int(share) > 0 else cores
 
 
 def loader_workers(value: Any, processes_per_node: int = 1, cores: int | None = None) -> int:

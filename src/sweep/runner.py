@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import Trial, TrialState
 
 from src import PROJECT_ROOT
+from src.data.workers import ENV_CPU_SHARE, usable_cores
 from src.errors import ConfigError
 from src.sweep import trial_env
 from src.sweep.launch import TrialProcess, WarmStarter, cold_start, kill_group
@@ -276,11 +277,15 @@ class Sweep:
         if trial_layout():
             # srun binds the step's GPUs; its ranks meet at the first node, on a port of their own
             env["MASTER_PORT"] = str(_free_port())
-        elif gpus:
+            return env
+        share = max(1, usable_cores() // self.s.n_workers)
+        if self.s.n_workers > 1:  # N trials at once: data.num_workers=auto takes a share
+            env[ENV_CPU_SHARE] = str(share)
+        if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         elif self.s.n_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
             # N CPU trials at once: split the cores instead of N x all cores fighting.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.s.n_workers))
+            env["OMP_NUM_THREADS"] = str(share)
         return env
 
     def trial_overrides(self, trial: Trial, gpus: list[str]) -> list[str]:
