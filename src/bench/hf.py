@@ -86,7 +86,7 @@ def in_turns(
         dm.tokenizer,
         dm.splits["train"],
         steps=hf_steps,
-        callbacks=[hf_turn(turns, i_hf, hf_steps, settings["batch_size"])],
+        callbacks=[hf_turn(turns, i_hf)],
         **settings,
     )
     outcome: dict[str, Any] = {}
@@ -195,14 +195,13 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
         "dev accuracy on the 872 SST-2 dev sentences. `best` is HF Trainer with dynamic padding "
         "+ `group_by_length`; `ftlab` is the default (`data.group_by_length=sorted`).",
     ]
-    if r.get("in_turns"):
-        lines.append(
-            "Each repetition trains ftlab and HF at its best in turns, a step each, each in a "
-            "thread of its own (src/bench/turns.py; who goes first alternates), each timed on a "
-            "clock that stops while the other runs: the ratio of a repetition is measured on one "
-            "machine state. "
-            "`run_glue` (every example padded to 128) runs alone, only with `--reps-padded N`."
-        )
+    lines.append(
+        "Each repetition trains ftlab and HF at its best in turns, a step each, each in a "
+        "thread of its own (src/bench/turns.py; who goes first alternates), each timed on a "
+        "clock that stops while the other runs: the ratio of a repetition is measured on one "
+        "machine state. "
+        "`run_glue` (every example padded to 128) runs alone, only with `--reps-padded N`."
+    )
     lines += [
         "Repetition i uses seed 42 + i for both, so the accuracies are those of different seeds. "
         "Goals: ftlab epoch ≤ 0.2 × run_glue and ≤ 0.9 × best, at the same dev accuracy "

@@ -98,9 +98,8 @@ def plain_loader(case: str, cfg: Any, dm: Any) -> torch.utils.data.DataLoader:
             sampler=sampler,
             collate_fn=DataCollatorWithPadding(dm.tokenizer),
         )
-    workers = int(
-        dm.num_workers
-    )  # data.num_workers as the run resolved it (auto: src/data/workers.py)
+    # data.num_workers as the run resolved it (auto: src/data/workers.py)
+    workers = int(dm.num_workers)
     return torch.utils.data.DataLoader(
         dm.splits["train"],
         batch_size=cfg.data.batch_size,

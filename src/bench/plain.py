@@ -93,8 +93,8 @@ def hf_trainer(
     steps: StepLog | None = None,
     callbacks: list[Any] | None = None,
 ) -> tuple[Any, StepLog]:
-    """transformers' Trainer set up to train `model`, and the StepLog its steps go into (`steps`
-    when given: e.g. one on a turn-taking clock, whose own `callbacks` then log the steps).
+    """transformers' Trainer set up to train `model` (with `callbacks` too), and the StepLog its
+    steps go into (`steps` when given: e.g. one on a turn-taking clock).
 
     pad_to_128: as run_glue does by default (`pad_to_max_length`: every example padded to
     max_seq_length=128 at tokenization); else at its best: dynamic padding
@@ -108,17 +108,14 @@ def hf_trainer(
         default_data_collator,
     )
 
-    if steps is None:
-        steps = StepLog()
+    steps = StepLog() if steps is None else steps
 
-        class Timer(TrainerCallback):
-            def on_epoch_begin(self, args, state, control, **kwargs):
-                steps.epoch_start()
+    class Timer(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            steps.epoch_start()
 
-            def on_step_end(self, args, state, control, **kwargs):
-                steps.step_end(batch_size)  # the last batch may be smaller; counted as full
-
-        callbacks = [Timer(), *(callbacks or [])]
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.step_end(batch_size)  # the last batch may be smaller; counted as full
 
     if pad_to_128:
         train_ds = _pad_to(train_ds, tokenizer, 128)
@@ -152,7 +149,7 @@ def hf_trainer(
         args=args,
         train_dataset=train_ds,
         data_collator=collator,
-        callbacks=callbacks,
+        callbacks=[Timer(), *(callbacks or [])],
     )
     return trainer, steps
 

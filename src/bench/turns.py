@@ -108,9 +108,9 @@ class LightningTurn(Callback):
         self.turns.finish(self.index)
 
 
-def hf_turn(turns: Turns, index: int, steps: StepLog, batch_size: int) -> Any:
-    """Loop `index` of `turns`: a transformers Trainer's steps, timed in `steps` (whose clock
-    must be `turns.clock(index)`)."""
+def hf_turn(turns: Turns, index: int) -> Any:
+    """Loop `index` of `turns`: a transformers Trainer (its steps are timed by `hf_trainer`'s own
+    callback, on a StepLog whose clock must be `turns.clock(index)`)."""
     from transformers import TrainerCallback
 
     class HFTurn(TrainerCallback):
@@ -120,10 +120,8 @@ def hf_turn(turns: Turns, index: int, steps: StepLog, batch_size: int) -> Any:
             if not self.begun:
                 self.begun = True
                 turns.begin(index)
-            steps.epoch_start()
 
         def on_step_end(self, args, state, control, **kwargs):
-            steps.step_end(batch_size)  # the last batch may be smaller; counted as full
             turns.step_done(index)
 
         def on_train_end(self, args, state, control, **kwargs):

@@ -50,6 +50,7 @@ class Classifier(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_best = MaxMetric()  # of val/<task.spec.best>, logged as val/<best>_best
         self.test_confusion = task.confusion_metric()
+        self._last_train_loss: torch.Tensor | None = None  # of the last training step
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.network(batch)
@@ -72,7 +73,7 @@ class Classifier(L.LightningModule):
     @property
     def last_train_loss(self) -> float | None:
         """The loss of the last training step this module ran (metrics.json's `train/loss`)."""
-        loss = getattr(self, "_last_train_loss", None)
+        loss = self._last_train_loss
         return None if loss is None else float(loss)
 
     def _eval_step(
