@@ -54,6 +54,12 @@ def build_datamodule(cfg: DictConfig, stage: str | None, processor: Any = None) 
             "" if processes == 1 else "es",
         )
         data_cfg = OmegaConf.merge(data_cfg, {"num_workers": workers})
+    if data_cfg.get("cache_images") == "auto":  # each training process caches its own images
+        from src.data.image_cache import AUTO, GIB, cache_budget
+
+        processes = training_processes_per_node(cfg.get("trainer"))
+        budget = cache_budget(AUTO, processes) / GIB
+        data_cfg = OmegaConf.merge(data_cfg, {"cache_images": budget})
     datamodule = instantiate(data_cfg, processor=processor, _recursive_=False)
     if stage is not None:
         datamodule.setup(stage)

@@ -17,6 +17,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from src.data.augment import MixCollate, augment_entries, build_augment, check_mixing, sets_size
+from src.data.image_cache import cache_budget, cache_splits
 from src.data.report import MAX_LISTED, build_report, warn_about
 from src.data.resumable import resumable_train_loader
 from src.data.splits import carve_splits
@@ -143,6 +144,7 @@ class ImageDataModule(L.LightningDataModule):
         mixup_alpha: float | None = None,
         cutmix_alpha: float | None = None,
         num_workers: int | str = "auto",
+        cache_images: bool | float | str = "auto",
         seed: int = 42,
         folds: int | None = None,
         fold: int | None = None,
@@ -163,6 +165,10 @@ class ImageDataModule(L.LightningDataModule):
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         # `auto`: from the CPU cores (src/data/workers.py; src.pipeline resolves it for DDP)
         self.num_workers = loader_workers(num_workers)
+        # decoded (val: also resized and cropped) images kept between epochs (image_cache.py)
+        self.cache_images = cache_images
+        self.cache_bytes = cache_budget(cache_images)
+        self._epoch_splits: dict[str, Dataset] | None = None
         self.seed = seed
         # Cross-validation: val is fold `fold` of `folds` stratified folds of train.
         self.folds, self.fold = folds, fold
@@ -294,9 +300,30 @@ class ImageDataModule(L.LightningDataModule):
             task_type=self.task_type,
         )
 
+    def _dataset(self, split: str) -> Dataset:
+        """What `split`'s loader reads: the image cache's copy for the splits read every epoch
+        (train, val, and test when it is val), filled at the first loader asked for (so not at all
+        when cached features replace the images, nor for fast_dev_run's few batches)."""
+        if self._epoch_splits is None:
+            trainer = getattr(self, "trainer", None)
+            fast_dev_run = trainer is not None and trainer.fast_dev_run
+            self._epoch_splits = {} if fast_dev_run else self._cached_epoch_splits()
+        return self._epoch_splits.get(split, self.splits[split])
+
+    def _cached_epoch_splits(self) -> dict[str, Dataset]:
+        epoch = {s: self.splits[s].base for s in ("val", "train") if s in self.splits}
+        if self.cache_bytes <= 0 or not epoch:
+            return {}
+        test = self.splits.get("test")
+        if "val" in epoch and test is not None and test.base is epoch["val"]:
+            epoch["test"] = epoch["val"]
+        cached = cache_splits(epoch, self.cache_bytes, rgb_loader)
+        as_dict = {id(ds): _AsDict(ds) for ds in cached.values()}
+        return {s: as_dict[id(ds)] for s, ds in cached.items()}
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self.splits[split],
+            self._dataset(split),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -317,7 +344,7 @@ class ImageDataModule(L.LightningDataModule):
         # Epoch-seeded and resumable: a run killed mid-epoch resumes on the same batches.
         collate = self.train_collate()
         return resumable_train_loader(
-            self.splits["train"],
+            self._dataset("train"),
             self.batch_size,
             self.seed,
             num_workers=self.num_workers,

@@ -33,8 +33,10 @@ class ImageRows(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path, label = self.samples[i]
-        return self.transform(rgb_loader(path)), torch.as_tensor(label)
+        return self.transform(rgb_loader(self.samples[i][0])), self.label(i)
+
+    def label(self, i: int) -> torch.Tensor:
+        return torch.as_tensor(self.samples[i][1])
 
 
 class ImageCsvDataModule(ImageDataModule):
@@ -69,6 +71,7 @@ class ImageCsvDataModule(ImageDataModule):
         mixup_alpha: float | None = None,
         cutmix_alpha: float | None = None,
         num_workers: int | str = "auto",
+        cache_images: bool | float | str = "auto",
         seed: int = 42,
         folds: int | None = None,
         fold: int | None = None,
@@ -85,6 +88,7 @@ class ImageCsvDataModule(ImageDataModule):
             mixup_alpha=mixup_alpha,
             cutmix_alpha=cutmix_alpha,
             num_workers=num_workers,
+            cache_images=cache_images,
             seed=seed,
             folds=folds,
             fold=fold,
