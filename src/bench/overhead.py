@@ -36,13 +36,16 @@ CASES: dict[str, tuple[list[str], int, int]] = {
     # the first 2 are warm-up and the steps across an epoch boundary (ftlab validates there, on
     # one batch: validation is never timed) are not. 16 steps (12 timed) were tried to save
     # 1.5 min: the repetitions spread to 0.885-1.166 (the loader workers of each loop decode
-    # during the other's turn; more steps average that out).
+    # during the other's turn; more steps average that out). Both decode every image every
+    # epoch: the image cache is off, since the plain loop has none (its own effect:
+    # experiments/bench/image_cache.py).
     "image": (
         [
             "task=hymenoptera",
             "model=mobilenet_v2",
             "optimizer.lr=1e-3",
             "trainer.limit_val_batches=1",
+            "data.cache_images=false",
         ],
         24,
         2,
