@@ -170,6 +170,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}; valid: min, max")
     check_scheduler(cfg.get("scheduler"), monitored)
+    from src.compile import compile_arguments  # no torch
+
+    compile_arguments(cfg.get("compile"))
     if cfg.task.modality == "image":
         from src.data.augment import check_augment_config  # torchvision only for a list
 

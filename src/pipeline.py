@@ -70,6 +70,7 @@ def build_data_and_module(cfg: DictConfig):
     """The data module (set up, so its labels are known) and the LightningModule for `cfg`."""
     from hydra.utils import instantiate
 
+    from src.compile import compile_network
     from src.data.report import resolve_class_weights, resolve_pos_weight
     from src.finetune import prepare_network
     from src.models.classifier import Classifier
@@ -96,6 +97,8 @@ def build_data_and_module(cfg: DictConfig):
             describe_model(cfg.model),
         )
     network = prepare_network(network, cfg.get("finetune"))
+    if compile_network(network, cfg.get("compile")):
+        log.info("compile: the network's forward is compiled (torch.compile %s)", cfg.compile)
     train_report = datamodule.data_report["splits"]["train"]
     class_weights = None
     if task_type(cfg) == "multiclass":
