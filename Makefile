@@ -35,7 +35,7 @@ test: install
 	$(PY) -m pytest $(ARGS)
 
 test-unit: install
-	$(PY) -m pytest -m "not integration" $(ARGS)
+	$(PY) -m pytest -m "not integration and not slow" $(ARGS)
 
 # ftlab vs a plain PyTorch loop and HF Trainer, the feature cache, start-up, memory (~20 min on
 # 2 cores); writes experiments/bench/REPORT.md and results.json. ARGS="--sections hf --reps 5"

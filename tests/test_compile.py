@@ -34,7 +34,7 @@ def text_cfg(tiny_bert, data, out, *extra: str):
         return compose("train", overrides=overrides)
 
 
-@pytest.mark.integration  # inductor compiles a forward and a backward: ~1 min on 2 cores
+@pytest.mark.slow  # inductor compiles a forward and a backward: ~1 min on 2 cores
 def test_a_compiled_run_trains_the_same_model(tiny_bert, tiny_text_data, tmp_path, caplog):
     from src.pipeline import train
 
