@@ -178,3 +178,26 @@ def test_image_tasks_default_to_auto_shared_among_the_training_processes(tiny_im
     datamodule = build_datamodule(cfg, None)
     one = cache_budget("auto")
     assert 0 < datamodule.cache_bytes <= one // 4 + 2**20
+
+
+@pytest.mark.parametrize(
+    "trainer,cached",
+    [
+        (None, ["val", "train"]),  # the data module used alone
+        ({"max_epochs": 1}, []),  # each image read once: nothing to gain
+        ({"max_epochs": 1, "val_check_interval": 0.5}, ["val"]),
+        ({"max_epochs": 1, "val_check_interval": 20}, ["val"]),
+        ({"max_epochs": 3}, ["val", "train"]),
+        ({"max_epochs": -1, "max_steps": 100}, ["val", "train"]),
+        ({"max_epochs": 3, "fast_dev_run": True}, []),
+    ],
+)
+def test_only_splits_read_more_than_once_are_cached(mixed_images, trainer, cached) -> None:
+    from types import SimpleNamespace
+
+    module = image_folder(mixed_images, 1.0)
+    if trainer is not None:
+        settings = {"fast_dev_run": False, "val_check_interval": 1.0, **trainer}
+        module.trainer = SimpleNamespace(**settings)
+    got = [s for s in ("val", "train") if isinstance(module._dataset(s).base, CachedImages)]
+    assert got == cached

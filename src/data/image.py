@@ -301,17 +301,30 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def _dataset(self, split: str) -> Dataset:
-        """What `split`'s loader reads: the image cache's copy for the splits read every epoch
-        (train, val, and test when it is val), filled at the first loader asked for (so not at all
-        when cached features replace the images, nor for fast_dev_run's few batches)."""
+        """What `split`'s loader reads: the image cache's copy for the splits a fit reads more
+        than once (test too when it is val), filled at the first loader asked for (so not at all
+        when cached features replace the images)."""
         if self._epoch_splits is None:
-            trainer = getattr(self, "trainer", None)
-            fast_dev_run = trainer is not None and trainer.fast_dev_run
-            self._epoch_splits = {} if fast_dev_run else self._cached_epoch_splits()
+            self._epoch_splits = self._cached_splits(self._read_again())
         return self._epoch_splits.get(split, self.splits[split])
 
-    def _cached_epoch_splits(self) -> dict[str, Dataset]:
-        epoch = {s: self.splits[s].base for s in ("val", "train") if s in self.splits}
+    def _read_again(self) -> list[str]:
+        """The splits the attached trainer reads more than once: train and val over several
+        epochs, val too with several validations an epoch (one epoch, as in the default config,
+        reads each image once: caching would only add the fill). Without a trainer, both."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return ["val", "train"]
+        if trainer.fast_dev_run:
+            return []
+        epochs = trainer.max_epochs
+        several = epochs is None or epochs < 0 or epochs > 1
+        interval = trainer.val_check_interval
+        several_val = several or isinstance(interval, int) or float(interval) < 1.0
+        return [s for s, again in (("val", several_val), ("train", several)) if again]
+
+    def _cached_splits(self, names: list[str]) -> dict[str, Dataset]:
+        epoch = {s: self.splits[s].base for s in names if s in self.splits}
         if self.cache_bytes <= 0 or not epoch:
             return {}
         test = self.splits.get("test")

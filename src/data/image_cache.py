@@ -5,7 +5,8 @@ image the same way again. With it each image is decoded once, at setup, and the 
 head of its split's transform (the eval resize + centre crop; nothing for the default train
 transform, whose first step is a random crop of the full image) runs once; each epoch then runs
 only the rest (random crop, flip, jitter, to float, normalise). The batches are exactly those of
-an uncached run: the same pixels, the same random draws (tests/test_image_cache.py).
+an uncached run: the same pixels, the same random draws (tests/test_image_cache.py). Only the
+splits a fit reads more than once are cached (the data module decides: src/data/image.py).
 
 `data.cache_images`:
 - `auto` (the default): up to a quarter of the memory available at setup, shared among the
