@@ -4,10 +4,14 @@ epochs and no test pass, cache on (auto) vs off, alternating which goes first; R
 
     .venv/bin/python -m experiments.bench.image_cache [REPS] [EPOCHS]   # from the project root;
                                                                        # writes image_cache.json
+    .venv/bin/python -m experiments.bench.image_cache memory [REPS]     # image_cache_memory.json
 
 Per run: the whole `src.pipeline.train` call (start-up and the cache's fill included), each
 epoch (its training steps and its validation, from one epoch start to the next), and the val
-accuracy (the same batches either way, so it should not move). First, the data work alone: an
+accuracy (the same batches either way, so it should not move). `memory`: what the cache costs,
+`python -m src.train` with make bench's memory case (2 epochs), peak RSS of the main process and
+peak PSS of the process tree (workers included, shared pages once; src/bench/__main__.py).
+First, the data work alone: an
 epoch of the train and the val loader in this process (no workers, one torch thread, as one
 loader worker runs), ms per image, cached vs not, and the time to fill the cache.
 """
@@ -26,8 +30,9 @@ import lightning as L
 
 from src.bench.runs import compose, log
 
-REPS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-EPOCHS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+ARGS = [a for a in sys.argv[1:] if a != "memory"]
+REPS = int(ARGS[0]) if ARGS else 3
+EPOCHS = int(ARGS[1]) if len(ARGS) > 1 else 3
 OVERRIDES = ["task=hymenoptera", "model=mobilenet_v2", f"trainer.max_epochs={EPOCHS}", "test=false"]
 OUT = Path(__file__).with_name("image_cache.json")
 
@@ -113,5 +118,33 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
 
 
+def memory(reps: int) -> None:
+    import os
+
+    from src.bench.__main__ import _subprocess_run
+
+    rows: dict[str, list[dict]] = {"auto": [], "false": []}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            for cache in ("auto", "false") if rep % 2 == 0 else ("false", "auto"):
+                run = Path(tmp) / f"{cache}_{rep}"
+                args = ["task=hymenoptera", "model=mobilenet_v2", "trainer.max_epochs=2"]
+                args += [f"data.cache_images={cache}", f"hydra.run.dir={run}"]
+                _, main_peak, tree_peak = _subprocess_run(args, env, Path(tmp) / f"{run.name}.log")
+                rows[cache].append({"main_rss": main_peak, "tree_pss": tree_peak})
+                log(f"memory, cache_images={cache}: main RSS {main_peak / 2**30:.2f} GiB, "
+                    f"tree PSS {tree_peak / 2**30:.2f} GiB")  # fmt: skip
+    summary = {
+        c: {k: statistics.median(r[k] for r in v) / 2**30 for k in v[0]} for c, v in rows.items()
+    }
+    out = OUT.with_name("image_cache_memory.json")
+    out.write_text(json.dumps({"reps": reps, "median_gib": summary, "runs": rows}, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "memory":
+        memory(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+    else:
+        main()
