@@ -166,7 +166,6 @@ class ImageDataModule(L.LightningDataModule):
         # `auto`: from the CPU cores (src/data/workers.py; src.pipeline resolves it for DDP)
         self.num_workers = loader_workers(num_workers)
         # decoded (val: also resized and cropped) images kept between epochs (image_cache.py)
-        self.cache_images = cache_images
         self.cache_bytes = cache_budget(cache_images)
         self._epoch_splits: dict[str, Dataset] | None = None
         self.seed = seed

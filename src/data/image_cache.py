@@ -101,18 +101,14 @@ class CachedImages(Dataset):
 
     def __init__(self, base: Dataset, budget: int, loader: Callable[[str], Any]) -> None:
         self.base = base
-        inner, indices = (
-            (base.dataset, list(base.indices))
-            if isinstance(base, Subset)
-            else (
-                base,
-                list(range(len(base))),
-            )
-        )
+        if isinstance(base, Subset):
+            inner, indices = base.dataset, list(base.indices)
+        else:
+            inner, indices = base, list(range(len(base)))
         self._inner, self._indices = inner, indices
         head, self._rest = split_transform(inner.transform)
         self._head = v2.Compose(head) if head else None
-        self._offsets: dict[int, tuple[int, tuple[int, ...]]] = {}  # item -> (offset, shape)
+        self._offsets: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # item: offset, size, shape
         self._objects: dict[int, Any] = {}  # items the head leaves as PIL images
         self._buffer = torch.empty(0, dtype=torch.uint8)
         self.nbytes = self._fill(budget, loader)
@@ -129,8 +125,8 @@ class CachedImages(Dataset):
         return self._head(image) if self._head is not None else image
 
     def _fill(self, budget: int, loader: Callable[[str], Any]) -> int:
-        """Decode (and run the head on) items in order until the budget is spent, on every usable
-        core (decoding and resizing release the GIL); pack the tensors into one buffer."""
+        """Decode (and run the head on) items in order until the budget is spent, in a thread per
+        usable core; pack the tensors into one buffer."""
         from src.data.workers import usable_cores
 
         tensors: dict[int, torch.Tensor] = {}
@@ -157,17 +153,14 @@ class CachedImages(Dataset):
         offset = 0
         for i, t in tensors.items():
             buffer[offset : offset + t.numel()] = t.reshape(-1)
-            self._offsets[i] = (offset, tuple(t.shape))
+            self._offsets[i] = (offset, t.numel(), tuple(t.shape))
             offset += t.numel()
         self._buffer = buffer
         return used
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         if i in self._offsets:
-            offset, shape = self._offsets[i]
-            n = 1
-            for d in shape:
-                n *= d
+            offset, n, shape = self._offsets[i]
             # a copy: a transform that works in place must not change the stored image
             image = self._buffer[offset : offset + n].view(shape).clone()
         elif i in self._objects:
