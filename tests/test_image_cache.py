@@ -190,6 +190,8 @@ def test_image_tasks_default_to_auto_shared_among_the_training_processes(tiny_im
         ({"max_epochs": 3}, ["val", "train"]),
         ({"max_epochs": -1, "max_steps": 100}, ["val", "train"]),
         ({"max_epochs": 3, "fast_dev_run": True}, []),
+        ({"max_epochs": 3, "fn": "test"}, []),  # src.eval, Trainer.test alone: one pass
+        ({"max_epochs": 3, "fn": "predict"}, []),
     ],
 )
 def test_only_splits_read_more_than_once_are_cached(mixed_images, trainer, cached) -> None:
@@ -197,7 +199,22 @@ def test_only_splits_read_more_than_once_are_cached(mixed_images, trainer, cache
 
     module = image_folder(mixed_images, 1.0)
     if trainer is not None:
-        settings = {"fast_dev_run": False, "val_check_interval": 1.0, **trainer}
+        settings = {"fast_dev_run": False, "val_check_interval": 1.0, "fn": "fit", **trainer}
+        settings["state"] = SimpleNamespace(fn=settings.pop("fn"))
         module.trainer = SimpleNamespace(**settings)
     got = [s for s in ("val", "train") if isinstance(module._dataset(s).base, CachedImages)]
     assert got == cached
+
+
+def test_a_fit_of_several_epochs_caches_and_its_test_pass_reads_nothing_new(
+    tiny_images, tmp_path, caplog
+) -> None:
+    from src.pipeline import train
+    from tests.test_augment import compose_image
+
+    cfg = compose_image(tiny_images, tmp_path, "trainer.max_epochs=2", "test=true")
+    with caplog.at_level(logging.INFO, logger="src.data.image_cache"):
+        metrics = train(cfg, report_to_sweep=False)
+    fills = [r.getMessage() for r in caplog.records if "data.cache_images:" in r.getMessage()]
+    assert len(fills) == 1, fills  # once, at the fit's first loader; the test pass reuses it
+    assert "val 8/8, train 28/28" in fills[0] and metrics["test/acc"] is not None

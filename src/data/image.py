@@ -301,9 +301,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def _dataset(self, split: str) -> Dataset:
         """What `split`'s loader reads: the image cache's copy for the splits a fit reads more
-        than once (test too when it is val), filled at the first loader asked for (so not at all
-        when cached features replace the images)."""
+        than once (test too when it is val), filled at the first loader a fit asks for (so not at
+        all when cached features replace the images, nor for src.eval's one pass)."""
         if self._epoch_splits is None:
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and trainer.state.fn != "fit":
+                return self.splits[split]  # test / validate / predict alone: one pass
             self._epoch_splits = self._cached_splits(self._read_again())
         return self._epoch_splits.get(split, self.splits[split])
 
