@@ -42,24 +42,23 @@ def build_datamodule(cfg: DictConfig, stage: str | None, processor: Any = None) 
 
     if processor is None:
         processor = build_processor(cfg.model)
-    data_cfg = cfg.data
-    if data_cfg.get("num_workers") == AUTO_WORKERS:
-        processes = training_processes_per_node(cfg.get("trainer"))
-        workers = loader_workers(AUTO_WORKERS, processes)
+    # `auto` settings resolved per training process on this node (one per device under DDP)
+    processes = training_processes_per_node(cfg.get("trainer"))
+    resolved: dict[str, Any] = {}
+    if cfg.data.get("num_workers") == AUTO_WORKERS:
+        resolved["num_workers"] = loader_workers(AUTO_WORKERS, processes)
         log.info(
             "data.num_workers=auto: %d loader workers (%d CPU cores for %d training process%s)",
-            workers,
+            resolved["num_workers"],
             usable_cores(),
             processes,
             "" if processes == 1 else "es",
         )
-        data_cfg = OmegaConf.merge(data_cfg, {"num_workers": workers})
-    if data_cfg.get("cache_images") == "auto":  # each training process caches its own images
+    if cfg.data.get("cache_images") == "auto":  # each training process caches its own images
         from src.data.image_cache import AUTO, GIB, cache_budget
 
-        processes = training_processes_per_node(cfg.get("trainer"))
-        budget = cache_budget(AUTO, processes) / GIB
-        data_cfg = OmegaConf.merge(data_cfg, {"cache_images": budget})
+        resolved["cache_images"] = cache_budget(AUTO, processes) / GIB
+    data_cfg = OmegaConf.merge(cfg.data, resolved) if resolved else cfg.data
     datamodule = instantiate(data_cfg, processor=processor, _recursive_=False)
     if stage is not None:
         datamodule.setup(stage)
