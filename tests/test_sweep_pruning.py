@@ -125,6 +125,24 @@ def test_a_trial_pruned_at_its_last_epoch_completes(
     assert (Path(two.user_attrs["run_dir"]) / "metrics.json").is_file()
 
 
+def test_a_trial_pruned_at_its_last_mid_epoch_validation_completes(
+    tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
+) -> None:
+    """Two validations an epoch over 15 batches come after batches 7 and 14 (Lightning checks
+    every 7 batches), so the last one is not after the epoch's last batch. A cut there saves one
+    batch: the trial trained fully and is COMPLETE (ThresholdPruner says 'prune' from step 2)."""
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01, "n_warmup_steps": 2}
+    search_config(tmp_path, "lastmid", n_trials=1, pruner=pruner)
+    sweep_dir = tmp_path / "sweep"
+    cmd = sweep_cmd("lastmid", tmp_path, sweep_dir, tiny_bert, tiny_text_data)
+    cmd[cmd.index("trainer.max_epochs=4")] = "trainer.max_epochs=1"
+    run_sweep([*cmd, "trainer.val_check_interval=0.5"])
+    (trial,) = load(sweep_dir, "lastmid").get_trials()
+    assert sorted(trial.intermediate_values) == [1, 2]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["epochs_trained"] == round(14 / 15, 3)
+
+
 def test_mid_epoch_validations_are_steps_and_the_report_counts_epochs_saved(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
 ) -> None:

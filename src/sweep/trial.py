@@ -222,11 +222,22 @@ def epochs_trained(trainer: L.Trainer) -> float:
 
 
 def is_last_validation(trainer: L.Trainer) -> bool:
-    """Whether training ends after this validation anyway (its last epoch or max_steps)."""
+    """Whether no validation is left after this one (the last epoch's last, or max_steps)."""
     if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
         return True
     max_epochs = trainer.max_epochs
     if max_epochs is None or max_epochs < 0 or trainer.current_epoch < max_epochs - 1:
         return False
-    # The last epoch: its end-of-epoch validation (not one inside it, with val_check_interval < 1).
-    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+    loop = trainer.fit_loop.epoch_loop
+    if loop.batch_progress.is_last_batch:
+        return True
+    # Inside the last epoch (val_check_interval < 1). Lightning validates after every
+    # val_check_batch-th batch, so the last validation need not follow the last batch: 15
+    # batches checked every 7 are validated after batches 7 and 14. It is the last one when the
+    # next check would fall past the end of the epoch (or of the fit, when counted over it).
+    every, batches = float(trainer.val_check_batch), float(trainer.num_training_batches)
+    if not (math.isfinite(every) and math.isfinite(batches)):
+        return False
+    if trainer.check_val_every_n_epoch is None:  # counted over the fit's batches
+        return loop.total_batch_idx + every >= max_epochs * batches
+    return loop.batch_idx + every >= batches
