@@ -13,19 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 COMMON=(-m hparams_search=sentiment callbacks.progress_bar=null "$@")
-run() {  # name, extra overrides...
-  local name=$1; shift
-  local start=$SECONDS
-  $PY -m src.train "${COMMON[@]}" hydra.sweeper.study_name="$name" "$@" >> "experiments/sweeps/$name.log" 2>&1
-  echo "wall_time_s: $((SECONDS - start))" >> "experiments/sweeps/$name.wall"
-  mkdir -p "experiments/sweeps/$name"
-  cp logs/sweeps/"$name"/{optimization_results.yaml,trials.csv} "experiments/sweeps/$name/"
-  [ -f logs/sweeps/"$name"/best.yaml ] && cp logs/sweeps/"$name"/best.yaml "experiments/sweeps/$name/"
-  cp -r logs/sweeps/"$name"/plots "experiments/sweeps/$name/"
-  sed -i "s#$PWD/##g" "experiments/sweeps/$name"/*.{yaml,csv} "experiments/sweeps/$name.log"
-}
+source experiments/sweeps/sweep_steps.sh
 STEPS=${STEPS:-default pruned unpruned refit cold}
-step() { [[ " $STEPS " == *" $1 "* ]]; }
 # The default config (make train) on the same slice and validation carve: what the sweep must beat.
 if step default; then
 start=$SECONDS

@@ -10,19 +10,8 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 COMMON=(-m hparams_search=sentiment callbacks.progress_bar=null
         "hydra.sweeper.params={trainer.max_epochs:'range(3,6)'}" "$@")
-run() {  # name, extra overrides...
-  local name=$1; shift
-  local start=$SECONDS
-  $PY -m src.train "${COMMON[@]}" hydra.sweeper.study_name="$name" "$@" >> "experiments/sweeps/$name.log" 2>&1
-  echo "wall_time_s: $((SECONDS - start))" >> "experiments/sweeps/$name.wall"
-  mkdir -p "experiments/sweeps/$name"
-  cp logs/sweeps/"$name"/{optimization_results.yaml,trials.csv} "experiments/sweeps/$name/"
-  [ -f logs/sweeps/"$name"/best.yaml ] && cp logs/sweeps/"$name"/best.yaml "experiments/sweeps/$name/"
-  cp -r logs/sweeps/"$name"/plots "experiments/sweeps/$name/"
-  sed -i "s#$PWD/##g" "experiments/sweeps/$name"/*.{yaml,csv} "experiments/sweeps/$name.log"
-}
+source experiments/sweeps/sweep_steps.sh
 STEPS=${STEPS:-pruned unpruned}
-step() { [[ " $STEPS " == *" $1 "* ]]; }
 step pruned && run sst2_4000_s15_sh hydra/sweeper/pruner=successive_halving hydra.sweeper.pruner.min_resource=2
 step unpruned && run sst2_4000_s15_no_pruning hydra/sweeper/pruner=none
 # The check on new trials: the pruner that pruner_replay.py picked on the unpruned study above
