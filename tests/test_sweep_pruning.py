@@ -143,6 +143,43 @@ def test_a_trial_pruned_at_its_last_mid_epoch_validation_completes(
     assert trial.user_attrs["epochs_trained"] == round(14 / 15, 3)
 
 
+def _trainer_at(batch_idx: int, epoch: int, per_epoch_counting: bool = True):
+    """A trainer of 2 epochs x 15 batches, validated every 7 batches, just after batch
+    `batch_idx` (0-based) of epoch `epoch`."""
+    from types import SimpleNamespace
+
+    progress = SimpleNamespace(is_last_batch=batch_idx == 14)
+    loop = SimpleNamespace(
+        batch_idx=batch_idx, total_batch_idx=epoch * 15 + batch_idx, batch_progress=progress
+    )
+    return SimpleNamespace(
+        max_steps=-1,
+        global_step=epoch * 15 + batch_idx + 1,
+        max_epochs=2,
+        current_epoch=epoch,
+        val_check_batch=7,
+        num_training_batches=15,
+        check_val_every_n_epoch=1 if per_epoch_counting else None,
+        fit_loop=SimpleNamespace(epoch_loop=loop),
+    )
+
+
+def test_the_last_validation_is_the_last_check_of_the_fit() -> None:
+    """Checks every 7 batches of 15 come after batch indices 6 and 13 of each epoch, or, counted
+    over the fit (check_val_every_n_epoch=None), after total indices 6, 13, 20 and 27: only the
+    last of them is the last validation."""
+    from src.sweep.trial import is_last_validation
+
+    def last(batch_idx: int, epoch: int, per_epoch_counting: bool = True) -> bool:
+        return is_last_validation(_trainer_at(batch_idx, epoch, per_epoch_counting))
+
+    assert not last(6, 0) and not last(13, 0) and not last(6, 1)
+    assert last(13, 1)  # one batch before the end: no check is left
+    assert last(14, 1)  # a check after the epoch's last batch (val_check_interval=1)
+    assert not last(5, 1, per_epoch_counting=False)  # total index 20: 27 is still to come
+    assert last(12, 1, per_epoch_counting=False)  # total index 27
+
+
 def test_mid_epoch_validations_are_steps_and_the_report_counts_epochs_saved(
     tmp_path: Path, tiny_bert: Path, tiny_text_data: Path
 ) -> None:
