@@ -173,6 +173,9 @@ def check_train_config(cfg: DictConfig) -> None:
     from src.compile import compile_arguments  # no torch
 
     compile_arguments(cfg.get("compile"))
+    from src.allocator import check_allocator  # no torch
+
+    check_allocator(cfg.get("allocator"))
     if cfg.task.modality == "image":
         from src.data.augment import check_augment_config  # torchvision only for a list
 

@@ -254,6 +254,7 @@ def train(
 
     check_finetune_config(cfg.get("finetune"), cfg.model.modality)
     ckpt_path = resolve_ckpt_path(cfg)
+    use_allocator(cfg)  # before the data and the network are allocated
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_data_and_module(cfg)
     if ckpt_path:
@@ -344,6 +345,19 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_allocator(cfg: DictConfig) -> None:
+    """`allocator` (src/allocator.py): keep freed memory for the next step on CPU runs."""
+    import torch
+
+    from src.allocator import apply_allocator, resolve_allocator
+
+    accelerator = cfg.trainer.accelerator
+    on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    choice = resolve_allocator(cfg.get("allocator"), on_gpu)
+    if apply_allocator(choice):
+        log.info("allocator: keep (freed memory stays in the process for the next step)")
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:

@@ -306,6 +306,11 @@ CASES: dict[str, Case] = {
         text("data.group_by_length=sort"),
         "data.group_by_length='sort' is not one of: true (= megabatch), megabatch, sorted, false",
     ),
+    "unknown_allocator": Case(
+        "src.train",
+        text("allocator=jemalloc"),
+        "allocator='jemalloc' is not one of: auto, keep, system",
+    ),
     # --- a table of images (task=image_csv)
     "image_table_missing_image": Case(
         "src.train",

@@ -1,0 +1,83 @@
+"""How the process's C allocator treats the memory a training step frees (config key `allocator`).
+
+A CPU training step allocates and frees the same large buffers every step: activations, and
+weight gradients, which `zero_grad(set_to_none=True)` frees. glibc's malloc serves every block
+of 32 MiB or more (and smaller ones below its adaptive threshold) with a fresh `mmap`, and
+gives it back to the OS with `munmap` when freed. So every step page-faults all of it in again:
+~15,000 faults a MiniLM step here (its 47 MB word-embedding gradient alone is 11,500 pages).
+`keep` makes glibc serve every block from its heap and keep freed memory for the next step
+(`mallopt(M_MMAP_MAX, 0)`, `M_TRIM_THRESHOLD` 1 GiB): no faults after the first steps, in
+exchange for holding the run's peak memory until the process ends. It is what PyTorch's CPU
+performance guide gets from jemalloc or tcmalloc, without installing one
+(experiments/bench/README.md, session 16).
+
+- `auto` (default): `keep` when the run trains on the CPU, else `system`. On a GPU the large
+  buffers are on the device, where torch's caching allocator already keeps them.
+- `keep`: as above, on the CPU or not.
+- `system`: the C library's own behaviour, untouched.
+
+The setting is process-wide, and DataLoader workers forked later inherit it. Made once per
+process, by `src.pipeline.train`; anything else than glibc (musl, macOS) is left as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+from src.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHOICES = ("auto", "keep", "system")
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 1 << 30  # free heap kept for reuse before any is given back to the OS
+
+_applied: str | None = None
+
+
+def check_allocator(value: object) -> str:
+    """`allocator` as one of CHOICES, or a ConfigError naming the valid ones."""
+    choice = "auto" if value is None else str(value).lower()
+    if choice not in CHOICES:
+        raise ConfigError(f"allocator={value!r} is not one of: {', '.join(CHOICES)}")
+    return choice
+
+
+def resolve_allocator(value: object, on_gpu: bool) -> str:
+    """`keep` or `system` for a run (`auto`: keep unless it trains on a GPU)."""
+    choice = check_allocator(value)
+    if choice == "auto":
+        return "system" if on_gpu else "keep"
+    return choice
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    # only glibc has both mallopt and gnu_get_libc_version (musl has neither mallopt parameter)
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return None
+    return libc
+
+
+def apply_allocator(choice: str) -> bool:
+    """Make the process's allocator `keep` freed memory (or leave it: `system`). True when the
+    allocator now keeps it. Once `keep` is applied it stays for the process (the sweep's warm
+    trials and make bench run many trainings in one)."""
+    global _applied
+    if choice == "system" or _applied == "keep":
+        return _applied == "keep"
+    libc = _glibc()
+    if libc is None:
+        log.info("allocator=keep: not glibc, the C allocator is left as it is")
+        return False
+    if libc.mallopt(M_MMAP_MAX, 0) != 1 or libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+        log.warning("allocator=keep: glibc refused mallopt; the C allocator is left as it is")
+        return False
+    _applied = "keep"
+    return True

@@ -1,0 +1,58 @@
+"""`allocator` (src/allocator.py): freed memory kept for the next step on CPU runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from src.allocator import check_allocator, resolve_allocator
+from src.errors import ConfigError
+
+# A process that allocates, writes and frees a 64 MiB tensor 8 times (as each step allocates and
+# frees a large gradient) and prints the minor page faults of each allocation.
+FAULTS = """
+import json, resource, sys, torch
+from src.allocator import apply_allocator
+applied = apply_allocator(sys.argv[1])
+faults = []
+for i in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 1024 * 1024)  # 64 MiB, written
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del x
+print(json.dumps({"applied": applied, "faults": faults}))
+"""
+
+
+def page_faults(choice: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS, choice], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_serves_a_freed_large_block_again_without_page_faults() -> None:
+    system, keep = page_faults("system"), page_faults("keep")
+    assert not system["applied"] and keep["applied"]
+    # glibc's default: every allocation of 64 MiB is a fresh mmap, 16,384 pages faulted in
+    assert min(system["faults"]) > 10_000, system
+    # kept: after the heap has grown to hold it (the first allocations), a freed block is
+    # served again, already faulted in
+    assert max(keep["faults"][-4:]) < 500, keep
+
+
+def test_auto_keeps_on_the_cpu_and_leaves_gpu_runs_alone() -> None:
+    assert resolve_allocator("auto", on_gpu=False) == "keep"
+    assert resolve_allocator(None, on_gpu=False) == "keep"
+    assert resolve_allocator("auto", on_gpu=True) == "system"
+    assert resolve_allocator("keep", on_gpu=True) == "keep"
+    assert resolve_allocator("SYSTEM", on_gpu=False) == "system"
+
+
+def test_a_bad_value_names_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"allocator='jemalloc' is not one of: auto, keep, system"):
+        check_allocator("jemalloc")
