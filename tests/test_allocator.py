@@ -54,5 +54,7 @@ def test_auto_keeps_on_the_cpu_and_leaves_gpu_runs_alone() -> None:
 
 
 def test_a_bad_value_names_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"allocator='jemalloc' is not one of: auto, keep, system"):
+    with pytest.raises(
+        ConfigError, match=r"allocator='jemalloc' is not one of: auto, keep, system"
+    ):
         check_allocator("jemalloc")
