@@ -88,31 +88,45 @@ def test_ftlab_and_hf_trainer_train_in_turns(
     assert len(pair.ftlab_steps.step_ends) == len(pair.hf_steps.step_ends) == 4
     assert pair.order == ([0, 1] if ftlab_first else [1, 0]) * 4  # strictly in turns
     assert pair.ftlab_steps.epoch_times()[0] > 0 and pair.hf_steps.epoch_times()[0] > 0
+    # every step's tokens, padding included: a batch pads to its longest row, up to max_length
+    for steps in (pair.ftlab_steps, pair.hf_steps):
+        assert len(steps.tokens) == 4
+        assert all(32 <= t <= 32 * 64 for t in steps.tokens[:3]), steps.tokens
+        assert steps.seconds_per_1k_tokens(warmup=0) > 0
     assert 0 <= pair.hf_acc <= 1 and 0 <= pair.ftlab_metrics["test/acc"] <= 1
+    # HF Trainer's process runs as users run it: libgomp's spin, glibc's allocator
+    assert pair.hf_process == {"GOMP_SPINCOUNT": "300000", "allocator": "system"}
 
 
-def test_an_hf_failure_in_its_thread_is_raised_and_ftlab_is_not_left_waiting(
-    tmp_path, tiny_bert, tiny_text_data, monkeypatch
+def test_an_hf_failure_in_its_process_is_raised_and_ftlab_is_not_left_waiting(
+    tmp_path, tiny_bert, tiny_text_data
 ) -> None:
-    import src.bench.hf as hf
-
-    def broken_trainer(*args, **kwargs):
-        trainer, steps = real_trainer(*args, **kwargs)
-
-        def train():
-            raise MemoryError("out of memory in HF's thread")
-
-        trainer.train = train
-        return trainer, steps
-
-    real_trainer = hf.hf_trainer
-    monkeypatch.setattr(hf, "hf_trainer", broken_trainer)
     overrides = [
         *tiny_text_overrides(tiny_bert, tiny_text_data),
         *QUIET,
         "data.batch_size=32",
         "trainer.max_epochs=1",
     ]
-    with pytest.raises(RuntimeError, match="HF Trainer failed") as raised:
-        in_turns(overrides, tmp_path, "pair")
+    # torch's AdamW refuses a negative lr when HF Trainer builds it, before its first step
+    with pytest.raises(RuntimeError, match="HF Trainer failed in its process") as raised:
+        in_turns(overrides, tmp_path, "pair", hf_options={"lr": -1.0})
+    assert "Invalid learning rate: -1.0" in str(raised.value)
+
+
+def test_an_ftlab_failure_is_raised_as_ftlab_s_and_hf_is_not_left_waiting(
+    tmp_path, tiny_bert, tiny_text_data
+) -> None:
+    overrides = [
+        *tiny_text_overrides(tiny_bert, tiny_text_data),
+        *QUIET,
+        "data.batch_size=32",
+        "trainer.max_epochs=1",
+    ]
+
+    def failing_ftlab(*args, **kwargs):
+        raise MemoryError("out of memory in ftlab's run")
+
+    # HF's process then finds its turns broken; that is not the error to report
+    with pytest.raises(RuntimeError, match="the ftlab run failed") as raised:
+        in_turns(overrides, tmp_path, "pair", ftlab=failing_ftlab)
     assert isinstance(raised.value.__cause__, MemoryError)

@@ -1,17 +1,23 @@
 """make bench's `hf` section: ftlab's text epoch against transformers' Trainer at its best.
 
 Each repetition trains ftlab (as it ships) and HF Trainer (dynamic padding + group_by_length) in
-turns, a step each, each in a thread of its own (src/bench/turns.py), who goes first alternating
-with the repetitions: both see the same machine, so their ratio does not move with its speed.
+turns, a step each, each in a process of its own (src/bench/turns.py), who goes first
+alternating with the repetitions: both see the same machine, so their ratio does not move with
+its speed.
 Optional: HF's run_glue way (every example padded to 128), alone after the pair
 (`--reps-padded N`; 2.3 min a run here).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import queue
 import statistics
 import threading
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ OVERRIDES = [
 # 0.92-0.97 of HF at its best; the embeddings frozen (finetune.frozen=[embeddings], another
 # recipe), 0.831 / 0.896 (experiments/bench/README.md, session 10).
 VARIANTS: dict[str, list[str]] = {"ftlab": []}
+TOKEN_WARMUP = 3  # steps left out of the seconds per 1,000 tokens
 
 
 def hf_settings(cfg: Any, precision: str, padded: bool, out_dir: Path) -> dict[str, Any]:
@@ -61,6 +68,7 @@ class Pair:
     hf_acc: float
     train_size: int
     order: list[int]  # which loop did each step: 0 ftlab, 1 HF
+    hf_process: dict[str, Any]  # the settings HF's process ran with
 
 
 def in_turns(
@@ -69,70 +77,146 @@ def in_turns(
     tag: str,
     ftlab_first: bool = True,
     ftlab: Callable[..., Any] = ftlab_run,
+    hf_options: dict[str, Any] | None = None,
 ) -> Pair:
-    """ftlab (`overrides`) and HF Trainer at its best (the same config's data and weights)
-    trained in turns, each in a thread of its own (the same kind of thread for both: neither
-    has the main thread's malloc arena), `ftlab_first` or HF first. `ftlab(overrides, work, tag,
-    callbacks=)` makes the ftlab run."""
-    cfg, dm, network, precision = setup_baseline(overrides, work)
-    turns = Turns(2)
+    """ftlab (`overrides`) and HF Trainer at its best (the same config's data and weights, with
+    `hf_options` over its settings) trained in turns, `ftlab_first` or HF first: ftlab in this
+    process, HF Trainer in a process of its own (spawned: its allocator and its OpenMP spin are
+    glibc's and libgomp's defaults, as when users run it; ftlab sets its own, src/allocator.py
+    and src/__init__.py). `ftlab(overrides, work, tag, callbacks=)` makes the ftlab run."""
+    ctx = multiprocessing.get_context("spawn")
+    turns = Turns(2, ctx=ctx)
     i_ftlab, i_hf = (0, 1) if ftlab_first else (1, 0)
     ftlab_turn = LightningTurn(turns, i_ftlab)
-    hf_steps = StepLog(clock=turns.clock(i_hf))
-    settings = hf_settings(cfg, precision, False, work / f"{tag}_hf")
-    # built here, before the threads start: its set_seed runs before ftlab's seed_everything
-    trainer, _ = hf_trainer(
-        network.model,
-        dm.tokenizer,
-        dm.splits["train"],
-        steps=hf_steps,
-        callbacks=[hf_turn(turns, i_hf)],
-        **settings,
+    results = ctx.Queue()
+    hf = ctx.Process(
+        target=_hf_in_turns,
+        args=(overrides, work, tag, turns, i_hf, hf_options or {}, results),
+        name="bench-hf",
+        daemon=True,
     )
-    outcome: dict[str, Any] = {}
-
-    def run(name: str, index: int, body: Callable[[], Any]) -> threading.Thread:
-        def target() -> None:
-            try:
-                outcome[name] = body()
-            except BaseException as e:  # noqa: BLE001  (raised again in the calling thread)
-                outcome[f"{name}_error"] = e
-            finally:
-                turns.finish(index)  # the other loop goes on alone
-
-        return threading.Thread(target=target, name=f"bench-{name}", daemon=True)
-
-    def train_hf() -> float:
-        trainer.train()  # its last step ends its turns (HFTurn.on_train_end)
-        return hf_accuracy(trainer, dm.splits["test"], dm.tokenizer, False)
-
-    threads = [
-        run("hf", i_hf, train_hf),
-        run("ftlab", i_ftlab, lambda: ftlab(overrides, work, f"{tag}_ftlab", [ftlab_turn])[1]),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()  # daemon threads: on Ctrl-C they end with the process
-    if "hf_error" in outcome:  # when HF fails first, ftlab's error is only the broken turns
-        raise RuntimeError("HF Trainer failed in its turn-taking thread") from outcome["hf_error"]
-    if "ftlab_error" in outcome:
-        raise RuntimeError("the ftlab run failed in its turn-taking thread") from outcome[
-            "ftlab_error"
-        ]
+    with _users_environment():
+        hf.start()
+    ftlab_error: BaseException | None = None
+    try:
+        ftlab_metrics = ftlab(overrides, work, f"{tag}_ftlab", [ftlab_turn])[1]
+    except BaseException as e:  # noqa: BLE001  (raised below, unless HF failed first)
+        ftlab_error = e
+    finally:
+        turns.finish(i_ftlab)  # HF goes on alone
+    outcome = _hf_outcome(hf, results)
+    # whichever failed first: the other's error is then only the broken turns
+    if ftlab_error is not None and not _broken_turns(ftlab_error):
+        raise RuntimeError("the ftlab run failed in its turn") from ftlab_error
+    if "error" in outcome:
+        raise RuntimeError(f"HF Trainer failed in its process:\n{outcome['error']}")
+    if ftlab_error is not None:
+        raise RuntimeError("the ftlab run failed in its turn") from ftlab_error
     return Pair(
         ftlab_turn.steps,
-        outcome["ftlab"],
-        hf_steps,
-        outcome["hf"],
-        len(dm.splits["train"]),
+        ftlab_metrics,
+        StepLog.from_dict(outcome["steps"]),
+        outcome["acc"],
+        outcome["train_size"],
         [0 if i == i_ftlab else 1 for i in turns.order],
+        outcome["settings"],
     )
+
+
+@contextlib.contextmanager
+def _users_environment() -> Iterator[None]:
+    """os.environ, for a process started inside, without the GOMP_SPINCOUNT that importing
+    `src` set (src/__init__.py): libgomp's own default spin (300,000) instead, which the import
+    keeps, as HF Trainer runs without ftlab."""
+    import src
+
+    if not src.GOMP_SPINCOUNT_SET:  # the user's own setting: HF's process keeps it too
+        yield
+        return
+    os.environ["GOMP_SPINCOUNT"] = "300000"  # libgomp's default with OMP_WAIT_POLICY unset
+    try:
+        yield
+    finally:
+        os.environ["GOMP_SPINCOUNT"] = "3000"
+
+
+def _hf_in_turns(
+    overrides: list[str],
+    work: Path,
+    tag: str,
+    turns: Turns,
+    index: int,
+    hf_options: dict[str, Any],
+    results: Any,
+) -> None:
+    """HF Trainer's side of `in_turns`, in its own process: build the config's data and network
+    as the parent would, train in turns, put its StepLog, dev accuracy and training-set size (or
+    the traceback of what failed) on `results`."""
+    try:
+        cfg, dm, network, precision = setup_baseline(overrides, work)
+        steps = StepLog(clock=turns.clock(index))
+        settings = {**hf_settings(cfg, precision, False, work / f"{tag}_hf"), **hf_options}
+        trainer, _ = hf_trainer(
+            network.model,
+            dm.tokenizer,
+            dm.splits["train"],
+            steps=steps,
+            callbacks=[hf_turn(turns, index)],
+            **settings,
+        )
+        trainer.train()  # its last step ends its turns (HFTurn.on_train_end)
+        acc = hf_accuracy(trainer, dm.splits["test"], dm.tokenizer, False)
+        import src.allocator
+
+        results.put(
+            {
+                "steps": steps.as_dict(),
+                "acc": acc,
+                "train_size": len(dm.splits["train"]),
+                "settings": {  # what its process ran with
+                    "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
+                    "allocator": src.allocator._applied or "system",
+                },
+            }
+        )
+    except BaseException:  # noqa: BLE001  (reported to the parent, which raises it)
+        results.put({"error": traceback.format_exc()})
+    finally:
+        turns.finish(index)  # ftlab goes on alone
+
+
+def _broken_turns(error: BaseException | None) -> bool:
+    """Whether `error` is (or was raised from) the turns broken by the other loop's end."""
+    while error is not None:
+        if isinstance(error, threading.BrokenBarrierError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _hf_outcome(process: Any, results: Any) -> dict[str, Any]:
+    """What the HF process put on `results`; an error if it died without a word."""
+    while True:
+        try:
+            outcome = results.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                try:  # it may have put its result just before it ended
+                    outcome = results.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    outcome = {"error": f"its process ended with exit code {process.exitcode}"}
+                    break
+    process.join()
+    return outcome
 
 
 def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
     epochs: dict[str, list[float]] = {k: [] for k in (*VARIANTS, "hf_best", "hf_run_glue")}
     accuracy: dict[str, list[float]] = {k: [] for k in epochs}
+    tokens: dict[str, list[float]] = {k: [] for k in (*VARIANTS, "hf_best")}
+    per_1k: dict[str, list[float]] = {k: [] for k in tokens}  # seconds per 1,000 tokens
     pair_ratios: dict[str, list[float]] = {k: [] for k in VARIANTS}
     n_train = None
     for rep in range(reps):
@@ -147,6 +231,9 @@ def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
             accuracy[key].append(pair.ftlab_metrics["test/acc"])
             epochs["hf_best"].append(hf_s)
             accuracy["hf_best"].append(pair.hf_acc)
+            for name, steps in ((key, pair.ftlab_steps), ("hf_best", pair.hf_steps)):
+                tokens[name].append(sum(steps.tokens))
+                per_1k[name].append(steps.seconds_per_1k_tokens(TOKEN_WARMUP))
             n_train = pair.train_size
             pair_ratios[key].append(ftlab_s / hf_s)
             log(f"  {key} {ftlab_s:.1f}s  hf_best {hf_s:.1f}s  ({ftlab_s / hf_s:.3f})")
@@ -181,6 +268,18 @@ def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
         "epoch_s": {k: stats(v) for k, v in epochs.items() if v},
         "dev_acc": {k: stats(v) for k, v in accuracy.items() if v},
         "dev_acc_per_seed": {k: v for k, v in accuracy.items() if v},
+        # the epoch's tokens, padding included, and the seconds per 1,000 of them (steps after
+        # the first TOKEN_WARMUP): epoch ratio = token ratio x per-token ratio, roughly
+        "epoch_tokens": {k: stats(v) for k, v in tokens.items()},
+        "s_per_1k_tokens": {k: stats(v) for k, v in per_1k.items()},
+        "ratio_tokens_over_hf_best": {
+            k: stats([a / b for a, b in zip(tokens[k], tokens["hf_best"], strict=True)])
+            for k in VARIANTS
+        },
+        "ratio_s_per_1k_tokens_over_hf_best": {
+            k: stats([a / b for a, b in zip(per_1k[k], per_1k["hf_best"], strict=True)])
+            for k in VARIANTS
+        },
         "ratio_epoch_over_hf_best_per_rep": {k: stats(v) for k, v in pair_ratios.items()},
         **ratios,
     }
@@ -197,9 +296,10 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
     ]
     lines.append(
         "Each repetition trains ftlab and HF at its best in turns, a step each, each in a "
-        "thread of its own (src/bench/turns.py; who goes first alternates), each timed on a "
+        "process of its own (src/bench/turns.py; who goes first alternates), each timed on a "
         "clock that stops while the other runs: the ratio of a repetition is measured on one "
-        "machine state. "
+        "machine state. HF's process keeps the C library's and torch's defaults, as users run "
+        "it; ftlab's run sets its own (`allocator=auto`: src/allocator.py). "
         "`run_glue` (every example padded to 128) runs alone, only with `--reps-padded N`."
     )
     lines += [
@@ -207,11 +307,16 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
         "Goals: ftlab epoch ≤ 0.2 × run_glue and ≤ 0.9 × best, at the same dev accuracy "
         "(±1 pt).",
         "",
-        "| contestant | epoch time (s) | dev accuracy |",
-        "|---|---|---|",
+        "| contestant | epoch time (s) | dev accuracy | tokens an epoch (padding included) "
+        "| s per 1,000 tokens |",
+        "|---|---|---|---|---|",
     ]
     for key, epoch in r["epoch_s"].items():
-        lines.append(f"| {key} | {fmt(epoch)} | {fmt(r['dev_acc'][key], 4)} |")
+        toks, per = r.get("epoch_tokens", {}).get(key), r.get("s_per_1k_tokens", {}).get(key)
+        lines.append(
+            f"| {key} | {fmt(epoch)} | {fmt(r['dev_acc'][key], 4)} | "
+            f"{fmt(toks, 0) if toks else ''} | {fmt(per, 3) if per else ''} |"
+        )
     per_rep = r.get("ratio_epoch_over_hf_best_per_rep", {})
     parts = []
     for name, value in r.items():
@@ -222,5 +327,13 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
         if base == "hf_best" and key in per_rep:  # the pairs' own ratios: their range
             spread = f" ({per_rep[key]['min']:.3f}–{per_rep[key]['max']:.3f})"
         parts.append(f"{key} / {base.removeprefix('hf_')} = **{value:.3f}**{spread}")
-    lines += ["", f"Epoch-time ratios (medians): {', '.join(parts)}.", ""]
+    lines += ["", f"Epoch-time ratios (medians): {', '.join(parts)}."]
+    for key, tok in r.get("ratio_tokens_over_hf_best", {}).items():
+        per = r["ratio_s_per_1k_tokens_over_hf_best"][key]
+        lines.append(
+            f"Split of {key} / best: tokens an epoch **{tok['median']:.3f}** "
+            f"({tok['min']:.3f}–{tok['max']:.3f}) × seconds per token "
+            f"**{per['median']:.3f}** ({per['min']:.3f}–{per['max']:.3f})."
+        )
+    lines.append("")
     return lines

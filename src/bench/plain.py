@@ -115,13 +115,21 @@ def hf_trainer(
             steps.epoch_start()
 
         def on_step_end(self, args, state, control, **kwargs):
-            steps.step_end(batch_size)  # the last batch may be smaller; counted as full
+            # the last batch may be smaller: counted as full; its tokens are its own
+            steps.step_end(batch_size, made[len(steps.step_ends)])
 
     if pad_to_128:
         train_ds = _pad_to(train_ds, tokenizer, 128)
-        collator = default_data_collator
+        collate = default_data_collator
     else:
-        collator = DataCollatorWithPadding(tokenizer)
+        collate = DataCollatorWithPadding(tokenizer)
+    made: list[int] = []  # the tokens of each batch the collator made, in order (0 workers)
+
+    def collator(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(features)
+        made.append(int(batch["input_ids"].numel()))
+        return batch
+
     args = TrainingArguments(
         output_dir=out_dir,
         per_device_train_batch_size=batch_size,

@@ -28,14 +28,17 @@ class StepLog:
         self.step_ends: list[float] = []
         self.step_epochs: list[int] = []
         self.batch_sizes: list[int] = []
+        self.tokens: list[int] = []  # text loops: each step's tokens, padding included
 
     def epoch_start(self) -> None:
         self.epoch_starts.append(self.clock())
 
-    def step_end(self, batch_size: int) -> None:
+    def step_end(self, batch_size: int, tokens: int | None = None) -> None:
         self.step_ends.append(self.clock())
         self.step_epochs.append(len(self.epoch_starts) - 1)
         self.batch_sizes.append(int(batch_size))
+        if tokens is not None:
+            self.tokens.append(int(tokens))
 
     def timed(self, warmup: int) -> set[int]:
         """The steps that count: after the first `warmup` ones, and only those whose previous
@@ -58,6 +61,14 @@ class StepLog:
 
     def timed_steps(self, warmup: int) -> int:
         return len(self.timed(warmup))
+
+    def seconds_per_1k_tokens(self, warmup: int) -> float:
+        """Seconds per 1,000 tokens (padding included) over the `timed(warmup)` steps."""
+        if len(self.tokens) != len(self.step_ends):
+            raise ValueError(f"tokens of {len(self.tokens)} of {len(self.step_ends)} steps")
+        steps = self.timed(warmup)
+        seconds = sum(self.step_ends[i] - self.step_ends[i - 1] for i in steps)
+        return 1000 * seconds / sum(self.tokens[i] for i in steps)
 
     def epoch_times(self) -> list[float]:
         """Each epoch's training time: its start to its last step's end (validation excluded)."""
