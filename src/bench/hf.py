@@ -298,8 +298,9 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
         "Each repetition trains ftlab and HF at its best in turns, a step each, each in a "
         "process of its own (src/bench/turns.py; who goes first alternates), each timed on a "
         "clock that stops while the other runs: the ratio of a repetition is measured on one "
-        "machine state. HF's process keeps the C library's and torch's defaults, as users run "
-        "it; ftlab's run sets its own (`allocator=auto`: src/allocator.py). "
+        "machine state. HF's process has glibc's allocator and libgomp's spin "
+        "(GOMP_SPINCOUNT=300000), as users run it; ftlab's sets its own (`allocator=auto`, "
+        "src/allocator.py; GOMP_SPINCOUNT=3000, src/__init__.py). "
         "`run_glue` (every example padded to 128) runs alone, only with `--reps-padded N`."
     )
     lines += [
