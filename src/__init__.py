@@ -10,9 +10,10 @@ from omegaconf import OmegaConf
 # and collapse (experiments/bench/contention: 205 samples/s alone, 7.5 each of two). A short spin
 # keeps most of the solo speed and half the machine each when shared. Set before torch is imported
 # (libgomp reads it once); OMP_WAIT_POLICY or GOMP_SPINCOUNT of the user's own take precedence.
+GOMP_SPINCOUNT = "3000"
 GOMP_SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
 if GOMP_SPINCOUNT_SET:
-    os.environ["GOMP_SPINCOUNT"] = "3000"
+    os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

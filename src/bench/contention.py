@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import src
 from src.bench.runs import log, stats
 from src.bench.timing import StepLog
 
@@ -61,7 +62,7 @@ def rate(proc: subprocess.Popen, out: Path) -> float:
 
 
 VARIANTS = {
-    "ftlab's default (GOMP_SPINCOUNT=3000, src/__init__.py)": {},
+    f"ftlab's default (GOMP_SPINCOUNT={src.GOMP_SPINCOUNT}, src/__init__.py)": {},
     "libgomp's default (GOMP_SPINCOUNT=300000)": {"GOMP_SPINCOUNT": "300000"},
 }
 # Measured once beside these (results_wait_policies.json): OMP_WAIT_POLICY=PASSIVE and

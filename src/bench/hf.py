@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import src
 from src.bench.plain import hf_accuracy, hf_trainer, hf_trainer_run
 from src.bench.runs import ftlab_run, log, setup_baseline, stats
 from src.bench.timing import StepLog
@@ -128,8 +129,6 @@ def _users_environment() -> Iterator[None]:
     """os.environ, for a process started inside, without the GOMP_SPINCOUNT that importing
     `src` set (src/__init__.py): libgomp's own default spin (300,000) instead, which the import
     keeps, as HF Trainer runs without ftlab."""
-    import src
-
     if not src.GOMP_SPINCOUNT_SET:  # the user's own setting: HF's process keeps it too
         yield
         return
@@ -137,7 +136,7 @@ def _users_environment() -> Iterator[None]:
     try:
         yield
     finally:
-        os.environ["GOMP_SPINCOUNT"] = "3000"
+        os.environ["GOMP_SPINCOUNT"] = src.GOMP_SPINCOUNT
 
 
 def _hf_in_turns(
@@ -264,6 +263,7 @@ def bench_hf(work: Path, reps: int, reps_padded: int) -> dict[str, Any]:
         "overrides": OVERRIDES,
         "seeds": [42 + rep for rep in range(reps)],
         "in_turns": True,
+        "ftlab_gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "train_sentences": n_train,
         "epoch_s": {k: stats(v) for k, v in epochs.items() if v},
         "dev_acc": {k: stats(v) for k, v in accuracy.items() if v},
@@ -300,7 +300,8 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
         "clock that stops while the other runs: the ratio of a repetition is measured on one "
         "machine state. HF's process has glibc's allocator and libgomp's spin "
         "(GOMP_SPINCOUNT=300000), as users run it; ftlab's sets its own (`allocator=auto`, "
-        "src/allocator.py; GOMP_SPINCOUNT=3000, src/__init__.py). "
+        f"src/allocator.py; GOMP_SPINCOUNT={r.get('ftlab_gomp_spincount', 3000)}, "
+        "src/__init__.py). "
         "`run_glue` (every example padded to 128) runs alone, only with `--reps-padded N`."
     )
     lines += [
