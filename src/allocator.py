@@ -2,8 +2,8 @@
 
 A CPU training step allocates and frees the same large buffers every step: activations, and
 weight gradients, which `zero_grad(set_to_none=True)` frees. glibc's malloc serves every block
-of 32 MiB or more (and smaller ones below its adaptive threshold) with a fresh `mmap`, and
-gives it back to the OS with `munmap` when freed. So every step page-faults all of it in again:
+over its mmap threshold (128 KiB at first, raised as blocks are freed, to 32 MiB at most) with a
+fresh `mmap`, and gives it back to the OS with `munmap` when freed. So every step page-faults all of it in again:
 ~15,000 faults a MiniLM step here (its 47 MB word-embedding gradient alone is 11,500 pages).
 `keep` makes glibc serve every block from its heap and keep freed memory for the next step
 (`mallopt(M_MMAP_MAX, 0)`, `M_TRIM_THRESHOLD` 1 GiB): no faults after the first steps, in
@@ -70,6 +70,10 @@ def apply_allocator(choice: str) -> bool:
     allocator now keeps it. Once `keep` is applied it stays for the process (the sweep's warm
     trials and make bench run many trainings in one)."""
     global _applied
+    if choice == "system" and _applied == "keep":
+        log.warning(
+            "allocator=system: an earlier run in this process set allocator=keep, which stays"
+        )
     if choice == "system" or _applied == "keep":
         return _applied == "keep"
     libc = _glibc()

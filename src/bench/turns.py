@@ -13,8 +13,8 @@ Lightning callback, which needs no second thread.
 In threads, the loops share the process: its allocator and torch's global random generator (in
 strict turns the draws interleave the same way every time, but a loop's dropout masks are not
 those of the same seed run alone). In processes (`Turns(ctx=...)`), each loop has its own:
-src/bench/hf.py runs HF Trainer so, in a process with the C library's defaults, as users run it,
-beside ftlab's, which sets its allocator (src/allocator.py)."""
+src/bench/hf.py runs HF Trainer so, in a process with glibc's allocator and libgomp's spin, as
+users run it, beside ftlab's, which sets its own (src/allocator.py, src/__init__.py)."""
 
 from __future__ import annotations
 
