@@ -54,6 +54,11 @@ def resolve_allocator(value: object, on_gpu: bool) -> str:
     return choice
 
 
+def allocator_in_use() -> str:
+    """`keep` once this process has applied it, else `system`."""
+    return _applied or "system"
+
+
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

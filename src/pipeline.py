@@ -349,15 +349,18 @@ def cpu_has_fast_bf16() -> bool:
 
 def use_allocator(cfg: DictConfig) -> None:
     """`allocator` (src/allocator.py): keep freed memory for the next step on CPU runs."""
-    import torch
-
     from src.allocator import apply_allocator, resolve_allocator
 
-    accelerator = cfg.trainer.accelerator
-    on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    choice = resolve_allocator(cfg.get("allocator"), on_gpu)
+    choice = resolve_allocator(cfg.get("allocator"), trains_on_gpu(cfg.trainer.accelerator))
     if apply_allocator(choice):
         log.info("allocator: keep (freed memory stays in the process for the next step)")
+
+
+def trains_on_gpu(accelerator: str) -> bool:
+    """Whether `trainer.accelerator` puts the run on a CUDA GPU here."""
+    import torch
+
+    return accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
@@ -366,7 +369,6 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
         return precision
     import torch
 
-    use_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    if use_gpu:
+    if trains_on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"

@@ -165,7 +165,7 @@ def _hf_in_turns(
         )
         trainer.train()  # its last step ends its turns (HFTurn.on_train_end)
         acc = hf_accuracy(trainer, dm.splits["test"], dm.tokenizer, False)
-        import src.allocator
+        from src.allocator import allocator_in_use
 
         results.put(
             {
@@ -174,7 +174,7 @@ def _hf_in_turns(
                 "train_size": len(dm.splits["train"]),
                 "settings": {  # what its process ran with
                     "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
-                    "allocator": src.allocator._applied or "system",
+                    "allocator": allocator_in_use(),
                 },
             }
         )
@@ -194,19 +194,16 @@ def _broken_turns(error: BaseException | None) -> bool:
 
 
 def _hf_outcome(process: Any, results: Any) -> dict[str, Any]:
-    """What the HF process put on `results`; an error if it died without a word."""
-    while True:
+    """What the HF process put on `results`; an error if it ended without a word."""
+    outcome = None
+    while outcome is None and process.is_alive():
+        with contextlib.suppress(queue.Empty):
+            outcome = results.get(timeout=1.0)
+    if outcome is None:  # it ended: what it put just before may still be in the pipe
         try:
             outcome = results.get(timeout=1.0)
-            break
         except queue.Empty:
-            if not process.is_alive():
-                try:  # it may have put its result just before it ended
-                    outcome = results.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    outcome = {"error": f"its process ended with exit code {process.exitcode}"}
-                    break
+            outcome = {"error": f"its process ended with exit code {process.exitcode}"}
     process.join()
     return outcome
 
