@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -11,14 +12,14 @@ import pytest
 from src.allocator import check_allocator, resolve_allocator
 from src.errors import ConfigError
 
-# A process that allocates, writes and frees a 64 MiB tensor 8 times (as each step allocates and
+# A process that allocates, writes and frees a 64 MiB tensor 12 times (as each step allocates and
 # frees a large gradient) and prints the minor page faults of each allocation.
 FAULTS = """
 import json, resource, sys, torch
 from src.allocator import apply_allocator
 applied = apply_allocator(sys.argv[1])
 faults = []
-for i in range(8):
+for i in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(16 * 1024 * 1024)  # 64 MiB, written
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -41,8 +42,10 @@ def test_keep_serves_a_freed_large_block_again_without_page_faults() -> None:
     # glibc's default: every allocation of 64 MiB is a fresh mmap, 16,384 pages faulted in
     assert min(system["faults"]) > 10_000, system
     # kept: after the heap has grown to hold it (the first allocations), a freed block is
-    # served again, already faulted in
-    assert max(keep["faults"][-4:]) < 500, keep
+    # served again, already faulted in. The median of the last 6: one allocation that the
+    # machine disturbs (another process's memory pressure) does not decide the test, while
+    # `keep` doing nothing (16,384 faults every time) still fails it.
+    assert statistics.median(keep["faults"][-6:]) < 500, (keep, system)
 
 
 def test_auto_keeps_on_the_cpu_and_leaves_gpu_runs_alone() -> None:
