@@ -18,6 +18,13 @@ performance guide gets from jemalloc or tcmalloc, without installing one
 
 The setting is process-wide, and DataLoader workers forked later inherit it. Made once per
 process, by `src.pipeline.train`; anything else than glibc (musl, macOS) is left as it is.
+
+Before every fork (DataLoader workers, warm sweep trials) a `keep` process gives its free memory
+back (`malloc_trim`). Otherwise each child inherits the kept pages, and when the parent reuses
+them it copies them (copy-on-write) while the children still hold the old ones: with
+hymenoptera's image cache that was +1 GiB in the main process and +1.25 GiB over the process
+tree (experiments/bench/README.md, session 17). The parent faults those pages in once more after
+the fork, and is fault-free again from its next step.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 from src.errors import ConfigError
 
@@ -89,4 +97,6 @@ def apply_allocator(choice: str) -> bool:
         log.warning("allocator=keep: glibc refused mallopt; the C allocator is left as it is")
         return False
     _applied = "keep"
+    # free memory goes back before a fork, so that no child inherits it (module docstring)
+    os.register_at_fork(before=lambda: libc.malloc_trim(0))
     return True
