@@ -2,8 +2,8 @@
 `allocator=keep` (what `auto` picks on a CPU) and `allocator=system`, alternating which goes
 first, each a fresh `python -m src.train`.
 
-    .venv/bin/python -m experiments.bench.allocator_cost [REPS] [MEMORY_REPS]   # from the
-                                                          # project root; writes allocator_cost.json
+    .venv/bin/python -m experiments.bench.allocator_cost [REPS] [MEMORY_REPS] [OUT]   # from the
+                                      # project root; writes OUT (default: allocator_cost.json)
 
 Per setting: launch to the end of the first training step (warm tokenization cache; REPS), and
 peak RSS of the main process / peak PSS of the process tree (loader workers included) with the
@@ -27,7 +27,7 @@ MODES = ("keep", "system")
 GIB = 1024**3
 
 
-def main(reps: int, memory_reps: int) -> None:
+def main(reps: int, memory_reps: int, out: Path = OUT) -> None:
     import os
 
     results: dict[str, dict[str, list]] = {m: {} for m in MODES}
@@ -75,11 +75,12 @@ def main(reps: int, memory_reps: int) -> None:
                 f"allocator={mode:6s} {key:32s} median {statistics.median(values):7.2f} "
                 f"({min(values):.2f}-{max(values):.2f}) of {len(values)}"
             )
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
     main(
         int(sys.argv[1]) if len(sys.argv) > 1 else 3,
         int(sys.argv[2]) if len(sys.argv) > 2 else 2,
+        Path(sys.argv[3]) if len(sys.argv) > 3 else OUT,
     )
