@@ -1,19 +1,12 @@
 """ftlab: fine-tuning of pretrained text and image classifiers from Hydra configs."""
 
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# torch's CPU threads are OpenMP (libgomp) threads, which by default spin 300,000 times at every
-# barrier before they sleep: fastest alone, but two runs sharing the cores spin against each other
-# and collapse (experiments/bench/contention: 205 samples/s alone, 7.5 each of two). A short spin
-# keeps most of the solo speed and half the machine each when shared. Set before torch is imported
-# (libgomp reads it once); OMP_WAIT_POLICY or GOMP_SPINCOUNT of the user's own take precedence.
-GOMP_SPINCOUNT = "3000"
-GOMP_SPINCOUNT_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
-if GOMP_SPINCOUNT_SET:
-    os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+# torch's CPU threads are OpenMP (libgomp) threads, which spin at every barrier before they sleep:
+# fastest alone, and ftlab leaves that spin as it is. Where another process shares the cores, a
+# training run gives threads up instead (callbacks.cpu_threads, src/cpu_threads.py).
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

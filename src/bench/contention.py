@@ -4,8 +4,8 @@ The README's main job (`model=bert task=sentiment`, on a slice, a fixed number o
 subprocess, its training samples/s timed by src.bench.timing.StepTimer: alone, then two of them at
 once. Goal: each of the two keeps ≥ 0.4 of the solo rate (half the machine each, less a little);
 a collapse far below that means the runs' threads fight (OpenMP spin-waiting, oversubscription).
-Solo and pair repetitions alternate; libgomp's default spinning, the baseline, runs in the first
-repetition only.
+Solo and pair repetitions alternate; a fixed thread count (no `callbacks.cpu_threads`), the baseline,
+runs in the first repetition only.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import src
 from src.bench.runs import log, stats
 from src.bench.timing import StepLog
 
@@ -38,13 +37,16 @@ RUN = [
 WARMUP = 5
 
 
-def launch(work: Path, tag: str, extra_env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+def launch(
+    work: Path, tag: str, extra_env: dict[str, str], args: Sequence[str] = ()
+) -> tuple[subprocess.Popen, Path]:
     out = work / f"{tag}_{time.monotonic_ns()}"
     argv = [
         sys.executable,
         "-m",
         "src.train",
         *RUN,
+        *args,
         f"hydra.run.dir={out}",
         "+callbacks.step_timer._target_=src.bench.timing.StepTimer",
         f"+callbacks.step_timer.out={out / 'steps.json'}",
@@ -61,18 +63,20 @@ def rate(proc: subprocess.Popen, out: Path) -> float:
     return StepLog.from_dict(json.loads((out / "steps.json").read_text())).throughput(WARMUP)
 
 
-VARIANTS = {
-    f"ftlab's default (GOMP_SPINCOUNT={src.GOMP_SPINCOUNT}, src/__init__.py)": {},
-    "libgomp's default (GOMP_SPINCOUNT=300000)": {"GOMP_SPINCOUNT": "300000"},
+# name: (environment, config overrides)
+VARIANTS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "ftlab's default (callbacks.cpu_threads, src/cpu_threads.py)": ({}, []),
+    "a fixed thread count (callbacks.cpu_threads=null)": ({}, ["callbacks.cpu_threads=null"]),
 }
-# Measured once beside these (results_wait_policies.json): OMP_WAIT_POLICY=PASSIVE and
-# OMP_NUM_THREADS=1 never collapse, but cost 30% alone.
+# Measured once beside these (contention/results_wait_policies.json): OMP_WAIT_POLICY=PASSIVE
+# and OMP_NUM_THREADS=1 never collapse, but cost 30% alone. GOMP_SPINCOUNT=3000 with a fixed
+# count, the default before session 17: experiments/bench/cpu_threads.py.
 
 
 def bench_contention(
     work: Path,
     reps: int,
-    variants: dict[str, dict[str, str]] | None = None,
+    variants: dict[str, tuple[dict[str, str], list[str]]] | None = None,
     baseline_reps: int = 1,
 ) -> dict[str, Any]:
     """Every repetition runs the first variant (ftlab's default, the goal's); the others, the
@@ -81,19 +85,19 @@ def bench_contention(
     solo: dict[str, list[float]] = {k: [] for k in variants}
     pair: dict[str, list[float]] = {k: [] for k in variants}
     for rep in range(reps):
-        for i, (name, env) in enumerate(variants.items()):
+        for i, (name, (env, args)) in enumerate(variants.items()):
             if i > 0 and rep >= baseline_reps:
                 continue
             log(f"contention rep {rep + 1}/{reps} ({name}): alone")
-            solo[name].append(rate(*launch(work, "solo", env)))
+            solo[name].append(rate(*launch(work, "solo", env, args)))
             log(f"contention rep {rep + 1}/{reps} ({name}): two at once")
-            runs = [launch(work, f"pair{i}", env) for i in range(2)]
+            runs = [launch(work, f"pair{i}", env, args) for i in range(2)]
             rates = [rate(*r) for r in runs]
             pair[name].extend(rates)
             log(f"  alone {solo[name][-1]:.1f}/s, together {rates[0]:.1f} + {rates[1]:.1f}/s")
     return {
         "run": RUN,
-        "variants": {k: dict(v) for k, v in variants.items()},
+        "variants": {k: {"env": dict(e), "overrides": list(a)} for k, (e, a) in variants.items()},
         "solo_samples_per_s": {k: stats(v) for k, v in solo.items()},
         "pair_samples_per_s": {k: stats(v) for k, v in pair.items()},
         "ratio_pair_over_solo": {

@@ -17,12 +17,11 @@ import queue
 import statistics
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import src
 from src.bench.plain import hf_accuracy, hf_trainer, hf_trainer_run
 from src.bench.runs import ftlab_run, log, setup_baseline, stats
 from src.bench.timing import StepLog
@@ -83,8 +82,8 @@ def in_turns(
     """ftlab (`overrides`) and HF Trainer at its best (the same config's data and weights, with
     `hf_options` over its settings) trained in turns, `ftlab_first` or HF first: ftlab in this
     process, HF Trainer in a process of its own (spawned: its allocator and its OpenMP spin are
-    glibc's and libgomp's defaults, as when users run it; ftlab sets its own, src/allocator.py
-    and src/__init__.py). `ftlab(overrides, work, tag, callbacks=)` makes the ftlab run."""
+    glibc's and libgomp's defaults, as when users run it; ftlab sets its allocator,
+    src/allocator.py). `ftlab(overrides, work, tag, callbacks=)` makes the ftlab run."""
     ctx = multiprocessing.get_context("spawn")
     turns = Turns(2, ctx=ctx)
     i_ftlab, i_hf = (0, 1) if ftlab_first else (1, 0)
@@ -96,8 +95,7 @@ def in_turns(
         name="bench-hf",
         daemon=True,
     )
-    with _users_environment():
-        hf.start()
+    hf.start()
     ftlab_error: BaseException | None = None
     try:
         ftlab_metrics = ftlab(overrides, work, f"{tag}_ftlab", [ftlab_turn])[1]
@@ -122,21 +120,6 @@ def in_turns(
         [0 if i == i_ftlab else 1 for i in turns.order],
         outcome["settings"],
     )
-
-
-@contextlib.contextmanager
-def _users_environment() -> Iterator[None]:
-    """os.environ, for a process started inside, without the GOMP_SPINCOUNT that importing
-    `src` set (src/__init__.py): libgomp's own default spin (300,000) instead, which the import
-    keeps, as HF Trainer runs without ftlab."""
-    if not src.GOMP_SPINCOUNT_SET:  # the user's own setting: HF's process keeps it too
-        yield
-        return
-    os.environ["GOMP_SPINCOUNT"] = "300000"  # libgomp's default with OMP_WAIT_POLICY unset
-    try:
-        yield
-    finally:
-        os.environ["GOMP_SPINCOUNT"] = src.GOMP_SPINCOUNT
 
 
 def _hf_in_turns(
@@ -295,10 +278,9 @@ def markdown(r: dict[str, Any], fmt: Callable) -> list[str]:
         "Each repetition trains ftlab and HF at its best in turns, a step each, each in a "
         "process of its own (src/bench/turns.py; who goes first alternates), each timed on a "
         "clock that stops while the other runs: the ratio of a repetition is measured on one "
-        "machine state. HF's process has glibc's allocator and libgomp's spin "
-        "(GOMP_SPINCOUNT=300000), as users run it; ftlab's sets its own (`allocator=auto`, "
-        f"src/allocator.py; GOMP_SPINCOUNT={r.get('ftlab_gomp_spincount', 3000)}, "
-        "src/__init__.py). "
+        "machine state. HF's process has glibc's allocator, as users run it; ftlab's sets its own "
+        "(`allocator=auto`, src/allocator.py). Both have the environment's OpenMP spin "
+        f"(GOMP_SPINCOUNT={r.get('ftlab_gomp_spincount') or 'unset, the default'}). "
         "`run_glue` (every example padded to 128) runs alone, only with `--reps-padded N`."
     )
     lines += [
