@@ -47,8 +47,13 @@ def main(reps: int) -> None:
             f"each of two {pair:6.1f} ({min(r['pair']):.1f}-{max(r['pair']):.1f}) "
             f"each / alone {pair / solo:.2f}"
         )
-    OUT.write_text(json.dumps({"policies": {k: [v[0], v[1]] for k, v in POLICIES.items()},
-                               "samples_per_s": results}, indent=1) + "\n")
+    OUT.write_text(
+        json.dumps(
+            {"policies": {k: [v[0], v[1]] for k, v in POLICIES.items()}, "samples_per_s": results},
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":
