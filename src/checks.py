@@ -176,6 +176,9 @@ def check_train_config(cfg: DictConfig) -> None:
     from src.allocator import check_allocator  # no torch
 
     check_allocator(cfg.get("allocator"))
+    cpu_threads_every = OmegaConf.select(cfg, "callbacks.cpu_threads.every_n_seconds")
+    if cpu_threads_every is not None:
+        _positive(cpu_threads_every, "callbacks.cpu_threads.every_n_seconds")
     if cfg.task.modality == "image":
         from src.data.augment import check_augment_config  # torchvision only for a list
 

@@ -30,6 +30,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from src.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 WAITING = 0.5  # of the run's threads waiting for a core, on average: give threads up
@@ -90,9 +92,10 @@ class LoadAwareThreads(Callback):
     module docstring); in every loop (fit, validate, test, predict)."""
 
     def __init__(self, every_n_seconds: float = 1.0) -> None:
-        if not every_n_seconds > 0:
-            raise ValueError(
-                f"callbacks.cpu_threads.every_n_seconds={every_n_seconds!r} must be > 0"
+        if not every_n_seconds > 0:  # also checked with the config (src/checks.py)
+            raise ConfigError(
+                f"callbacks.cpu_threads.every_n_seconds={every_n_seconds!r} is invalid: must be "
+                "a float > 0"
             )
         self.every_n_seconds = every_n_seconds
         self._most = 0

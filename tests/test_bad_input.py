@@ -311,6 +311,11 @@ CASES: dict[str, Case] = {
         text("allocator=jemalloc"),
         "allocator='jemalloc' is not one of: auto, keep, system",
     ),
+    "cpu_threads_interval_zero": Case(
+        "src.train",
+        text("callbacks.cpu_threads.every_n_seconds=0"),
+        "callbacks.cpu_threads.every_n_seconds=0 is invalid: must be a float > 0",
+    ),
     # --- a table of images (task=image_csv)
     "image_table_missing_image": Case(
         "src.train",
@@ -372,6 +377,7 @@ EARLY = {
     "one_class_in_train", "missing_label", "misspelled_label_column", "gpu_on_a_cpu_machine",
     "semicolon_file_named_csv", "tsv_named_csv", "directory_as_data_file", "unknown_data_key",
     "impossible_test_fraction", "unknown_delimiter", "unknown_length_grouping",
+    "cpu_threads_interval_zero",
     "predict_out_is_input",
     "predict_mistyped_input_suffix", "predict_missing_input_folder", "predict_text_and_input",
     "predict_nothing_to_predict", "predict_empty_text", "predict_input_bad_suffix",

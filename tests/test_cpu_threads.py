@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from src.cpu_threads import LoadAwareThreads, _idle, _waited, next_threads, read_load
+from src.errors import ConfigError
 
 
 class _Trainer:
@@ -90,7 +91,7 @@ def test_the_callback_restores_the_starting_count_at_the_end() -> None:
 
 
 def test_a_bad_interval_names_the_key() -> None:
-    with pytest.raises(ValueError, match=r"callbacks.cpu_threads.every_n_seconds=0"):
+    with pytest.raises(ConfigError, match=r"callbacks.cpu_threads.every_n_seconds=0 is invalid"):
         LoadAwareThreads(every_n_seconds=0)
 
 
